@@ -1,0 +1,448 @@
+//! Registry metadata: organizations and repositories as the data plane needs them, blobs and
+//! their repository links, manifests with their blob/child references, tags and referrers.
+//! Listing is keyset-paginated in byte order (`COLLATE "C"`), never a storage walk.
+
+use tokio_postgres::Row;
+
+use crate::{GenericClient, Result};
+
+/// A repository as the data plane resolves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repository {
+    /// Row id.
+    pub id: i64,
+    /// Owning organization's id.
+    pub org_id: i64,
+    /// Full repository name (`org/team/app`).
+    pub name: String,
+    /// `private` or `public`.
+    pub visibility: String,
+}
+
+impl From<Row> for Repository {
+    fn from(row: Row) -> Self {
+        Repository {
+            id: row.get("id"),
+            org_id: row.get("org_id"),
+            name: row.get("name"),
+            visibility: row.get("visibility"),
+        }
+    }
+}
+
+/// A stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blob {
+    /// `sha256:…`
+    pub digest: String,
+    /// Size in bytes.
+    pub size: i64,
+    /// Where the backend keeps it.
+    pub storage_key: String,
+}
+
+/// A stored manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Row id.
+    pub id: i64,
+    /// `sha256:…` of the payload.
+    pub digest: String,
+    /// Media type served as `Content-Type`.
+    pub media_type: String,
+    /// Byte-exact payload.
+    pub payload: Vec<u8>,
+    /// Subject digest, served as `OCI-Subject`.
+    pub subject_digest: Option<String>,
+}
+
+impl From<Row> for Manifest {
+    fn from(row: Row) -> Self {
+        Manifest {
+            id: row.get("id"),
+            digest: row.get("digest"),
+            media_type: row.get("media_type"),
+            payload: row.get("payload"),
+            subject_digest: row.get("subject_digest"),
+        }
+    }
+}
+
+/// A manifest to insert.
+#[derive(Debug, Clone)]
+pub struct NewManifest<'a> {
+    /// Repository row id.
+    pub repository_id: i64,
+    /// Digest of `payload`.
+    pub digest: &'a str,
+    /// Effective media type.
+    pub media_type: &'a str,
+    /// Artifact type reported by the referrers API.
+    pub artifact_type: Option<&'a str>,
+    /// Subject digest, if any.
+    pub subject_digest: Option<&'a str>,
+    /// Config blob digest, if any.
+    pub config_digest: Option<&'a str>,
+    /// Top-level annotations.
+    pub annotations: Option<serde_json::Value>,
+    /// Byte-exact payload.
+    pub payload: &'a [u8],
+    /// Payload plus referenced content size.
+    pub total_size: i64,
+    /// Digests of referenced blobs (already verified present).
+    pub blob_digests: &'a [String],
+    /// Row ids of referenced child manifests (already verified present).
+    pub child_ids: &'a [i64],
+}
+
+/// A referrer of a subject manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Referrer {
+    /// Digest of the referring manifest.
+    pub digest: String,
+    /// Its media type.
+    pub media_type: String,
+    /// Its payload size.
+    pub size: i64,
+    /// Its artifact type.
+    pub artifact_type: Option<String>,
+    /// Its annotations.
+    pub annotations: Option<serde_json::Value>,
+}
+
+/// Outcome of deleting a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestDeletion {
+    /// Deleted (tags pointing at it went with it).
+    Deleted,
+    /// No such manifest in the repository.
+    NotFound,
+    /// An index in the repository still lists it.
+    ReferencedByIndex,
+}
+
+/// Outcome of removing a blob from a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobUnlink {
+    /// Unlinked.
+    Unlinked,
+    /// Not linked to the repository.
+    NotFound,
+    /// A manifest in the repository still references it.
+    InUse,
+}
+
+/// Returns the id of the organization `name`, creating it (owned by the system) if missing.
+pub async fn ensure_organization(client: &impl GenericClient, name: &str) -> Result<i64> {
+    let stmt = client
+        .prepare_cached(
+            "WITH ins AS (INSERT INTO organizations (name, managed_by) VALUES ($1, 'system')
+                          ON CONFLICT (name) DO NOTHING RETURNING id)
+             SELECT id FROM ins UNION ALL SELECT id FROM organizations WHERE name = $1 LIMIT 1",
+        )
+        .await?;
+    Ok(client.query_one(&stmt, &[&name]).await?.get(0))
+}
+
+/// Looks a repository up by full name.
+pub async fn find_repository(client: &impl GenericClient, name: &str) -> Result<Option<Repository>> {
+    let stmt = client
+        .prepare_cached("SELECT id, org_id, name, visibility FROM repositories WHERE name = $1 AND deleted_at IS NULL")
+        .await?;
+    Ok(client.query_opt(&stmt, &[&name]).await?.map(Repository::from))
+}
+
+/// Returns the repository `name`, creating it in `org_id` if missing.
+pub async fn ensure_repository(client: &impl GenericClient, org_id: i64, name: &str) -> Result<Repository> {
+    let stmt = client
+        .prepare_cached(
+            "WITH ins AS (
+                 INSERT INTO repositories (org_id, name, visibility, managed_by)
+                 SELECT $1, $2, o.default_visibility, 'api' FROM organizations o WHERE o.id = $1
+                 ON CONFLICT (name) DO NOTHING RETURNING id, org_id, name, visibility)
+             SELECT * FROM ins
+             UNION ALL SELECT id, org_id, name, visibility FROM repositories WHERE name = $2
+             LIMIT 1",
+        )
+        .await?;
+    Ok(client.query_one(&stmt, &[&org_id, &name]).await?.into())
+}
+
+/// Catalog page: repository names after `last`, at most `limit`.
+pub async fn list_repositories(client: &impl GenericClient, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT name FROM repositories
+             WHERE deleted_at IS NULL AND ($1::text IS NULL OR name > $1)
+             ORDER BY name LIMIT $2",
+        )
+        .await?;
+    Ok(client.query(&stmt, &[&last, &limit]).await?.iter().map(|r| r.get(0)).collect())
+}
+
+/// Records the time of the latest push into a repository.
+pub async fn touch_repository(client: &impl GenericClient, repository_id: i64) -> Result<()> {
+    let stmt = client.prepare_cached("UPDATE repositories SET last_push_at = now() WHERE id = $1").await?;
+    client.execute(&stmt, &[&repository_id]).await?;
+    Ok(())
+}
+
+/// The blob `digest` if it is linked to the repository.
+pub async fn repository_blob(client: &impl GenericClient, repository_id: i64, digest: &str) -> Result<Option<Blob>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT b.digest, b.size, b.storage_key FROM repository_blobs rb
+             JOIN blobs b ON b.digest = rb.digest
+             WHERE rb.repository_id = $1 AND rb.digest = $2",
+        )
+        .await?;
+    Ok(client.query_opt(&stmt, &[&repository_id, &digest]).await?.map(|r| Blob {
+        digest: r.get(0),
+        size: r.get(1),
+        storage_key: r.get(2),
+    }))
+}
+
+/// Records a completed blob (idempotent: content-addressed rows never change).
+pub async fn insert_blob(client: &impl GenericClient, digest: &str, size: i64, storage_key: &str) -> Result<()> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO blobs (digest, size, storage_key) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
+        )
+        .await?;
+    client.execute(&stmt, &[&digest, &size, &storage_key]).await?;
+    Ok(())
+}
+
+/// Makes `digest` readable in the repository (idempotent).
+pub async fn link_blob(client: &impl GenericClient, repository_id: i64, digest: &str) -> Result<()> {
+    let stmt = client
+        .prepare_cached("INSERT INTO repository_blobs (repository_id, digest) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .await?;
+    client.execute(&stmt, &[&repository_id, &digest]).await?;
+    Ok(())
+}
+
+/// Removes a blob from a repository unless a manifest there still references it. Call inside
+/// a transaction: the link is locked first, so a manifest push that is checking the same link
+/// (see [`missing_blobs`]) either finishes first and is seen, or sees the link gone.
+pub async fn unlink_blob(client: &impl GenericClient, repository_id: i64, digest: &str) -> Result<BlobUnlink> {
+    let lock = client
+        .prepare_cached("SELECT 1 FROM repository_blobs WHERE repository_id = $1 AND digest = $2 FOR UPDATE")
+        .await?;
+    if client.query_opt(&lock, &[&repository_id, &digest]).await?.is_none() {
+        return Ok(BlobUnlink::NotFound);
+    }
+    let used = client
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM manifest_blobs mb JOIN manifests m ON m.id = mb.manifest_id
+                            WHERE m.repository_id = $1 AND mb.digest = $2)",
+        )
+        .await?;
+    if client.query_one(&used, &[&repository_id, &digest]).await?.get::<_, bool>(0) {
+        return Ok(BlobUnlink::InUse);
+    }
+    let delete = client.prepare_cached("DELETE FROM repository_blobs WHERE repository_id = $1 AND digest = $2").await?;
+    client.execute(&delete, &[&repository_id, &digest]).await?;
+    Ok(BlobUnlink::Unlinked)
+}
+
+/// Of `digests`, those not linked to the repository. The links found are share-locked until
+/// the transaction ends, so they cannot be removed under a manifest being stored.
+pub async fn missing_blobs(client: &impl GenericClient, repository_id: i64, digests: &[String]) -> Result<Vec<String>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT digest FROM repository_blobs WHERE repository_id = $1 AND digest = ANY($2) FOR KEY SHARE",
+        )
+        .await?;
+    let present: std::collections::HashSet<String> =
+        client.query(&stmt, &[&repository_id, &digests]).await?.iter().map(|r| r.get(0)).collect();
+    Ok(digests.iter().filter(|d| !present.contains(*d)).cloned().collect())
+}
+
+/// Row ids of the manifests among `digests` present in the repository, as (digest, id). The
+/// rows are share-locked until the transaction ends, so they cannot be deleted under an index
+/// being stored.
+pub async fn manifest_ids(
+    client: &impl GenericClient,
+    repository_id: i64,
+    digests: &[String],
+) -> Result<Vec<(String, i64)>> {
+    let stmt = client
+        .prepare_cached("SELECT digest, id FROM manifests WHERE repository_id = $1 AND digest = ANY($2) FOR KEY SHARE")
+        .await?;
+    Ok(client.query(&stmt, &[&repository_id, &digests]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The manifest with `digest` in the repository.
+pub async fn manifest_by_digest(
+    client: &impl GenericClient,
+    repository_id: i64,
+    digest: &str,
+) -> Result<Option<Manifest>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, digest, media_type, payload, subject_digest FROM manifests
+             WHERE repository_id = $1 AND digest = $2",
+        )
+        .await?;
+    Ok(client.query_opt(&stmt, &[&repository_id, &digest]).await?.map(Manifest::from))
+}
+
+/// The manifest `tag` points at in the repository.
+pub async fn manifest_by_tag(client: &impl GenericClient, repository_id: i64, tag: &str) -> Result<Option<Manifest>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT m.id, m.digest, m.media_type, m.payload, m.subject_digest
+             FROM tags t JOIN manifests m ON m.id = t.manifest_id
+             WHERE t.repository_id = $1 AND t.name = $2",
+        )
+        .await?;
+    Ok(client.query_opt(&stmt, &[&repository_id, &tag]).await?.map(Manifest::from))
+}
+
+/// Stores a manifest and its references; returns its id. Re-pushing the same digest keeps the
+/// existing row (the payload is identical by construction).
+pub async fn insert_manifest(client: &impl GenericClient, m: &NewManifest<'_>) -> Result<i64> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO manifests (repository_id, digest, media_type, artifact_type, subject_digest,
+                                    config_digest, annotations, payload, total_size)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (repository_id, digest) DO UPDATE SET digest = EXCLUDED.digest
+             RETURNING id",
+        )
+        .await?;
+    let id: i64 = client
+        .query_one(
+            &stmt,
+            &[
+                &m.repository_id,
+                &m.digest,
+                &m.media_type,
+                &m.artifact_type,
+                &m.subject_digest,
+                &m.config_digest,
+                &m.annotations,
+                &m.payload,
+                &m.total_size,
+            ],
+        )
+        .await?
+        .get(0);
+    if !m.blob_digests.is_empty() {
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO manifest_blobs (manifest_id, digest)
+                 SELECT $1, d FROM unnest($2::text[]) AS d ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        client.execute(&stmt, &[&id, &m.blob_digests]).await?;
+    }
+    if !m.child_ids.is_empty() {
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO manifest_references (parent_id, child_id)
+                 SELECT $1, c FROM unnest($2::bigint[]) AS c ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        client.execute(&stmt, &[&id, &m.child_ids]).await?;
+    }
+    Ok(id)
+}
+
+/// Points `tag` at `manifest_id` (creating or moving it).
+pub async fn put_tag(client: &impl GenericClient, repository_id: i64, tag: &str, manifest_id: i64) -> Result<()> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, $2, $3)
+             ON CONFLICT (repository_id, name) DO UPDATE
+             SET manifest_id = EXCLUDED.manifest_id, updated_at = now()
+             WHERE tags.manifest_id <> EXCLUDED.manifest_id",
+        )
+        .await?;
+    client.execute(&stmt, &[&repository_id, &tag, &manifest_id]).await?;
+    Ok(())
+}
+
+/// Removes a tag; false when it did not exist.
+pub async fn delete_tag(client: &impl GenericClient, repository_id: i64, tag: &str) -> Result<bool> {
+    let stmt = client.prepare_cached("DELETE FROM tags WHERE repository_id = $1 AND name = $2").await?;
+    Ok(client.execute(&stmt, &[&repository_id, &tag]).await? > 0)
+}
+
+/// Tags page in byte order: names after `last`, at most `limit`.
+pub async fn list_tags(
+    client: &impl GenericClient,
+    repository_id: i64,
+    last: Option<&str>,
+    limit: i64,
+) -> Result<Vec<String>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT name FROM tags WHERE repository_id = $1 AND ($2::text IS NULL OR name > $2)
+             ORDER BY name LIMIT $3",
+        )
+        .await?;
+    Ok(client.query(&stmt, &[&repository_id, &last, &limit]).await?.iter().map(|r| r.get(0)).collect())
+}
+
+/// Deletes a manifest (and the tags on it) unless an index in the repository lists it.
+pub async fn delete_manifest(
+    client: &impl GenericClient,
+    repository_id: i64,
+    digest: &str,
+) -> Result<ManifestDeletion> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT m.id, EXISTS (SELECT 1 FROM manifest_references r WHERE r.child_id = m.id)
+             FROM manifests m WHERE m.repository_id = $1 AND m.digest = $2 FOR UPDATE",
+        )
+        .await?;
+    let Some(row) = client.query_opt(&stmt, &[&repository_id, &digest]).await? else {
+        return Ok(ManifestDeletion::NotFound);
+    };
+    let (id, referenced): (i64, bool) = (row.get(0), row.get(1));
+    if referenced {
+        return Ok(ManifestDeletion::ReferencedByIndex);
+    }
+    let stmt = client.prepare_cached("DELETE FROM manifests WHERE id = $1").await?;
+    match client.execute(&stmt, &[&id]).await {
+        // An index listing it was committed while we waited for the row lock.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => {
+            Ok(ManifestDeletion::ReferencedByIndex)
+        }
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(ManifestDeletion::Deleted),
+    }
+}
+
+/// Manifests in the repository whose subject is `subject`, optionally of one artifact type.
+pub async fn referrers(
+    client: &impl GenericClient,
+    repository_id: i64,
+    subject: &str,
+    artifact_type: Option<&str>,
+) -> Result<Vec<Referrer>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT digest, media_type, octet_length(payload)::bigint, artifact_type, annotations
+             FROM manifests
+             WHERE repository_id = $1 AND subject_digest = $2
+               AND ($3::text IS NULL OR artifact_type = $3)
+             ORDER BY created_at, digest",
+        )
+        .await?;
+    Ok(client
+        .query(&stmt, &[&repository_id, &subject, &artifact_type])
+        .await?
+        .iter()
+        .map(|r| Referrer {
+            digest: r.get(0),
+            media_type: r.get(1),
+            size: r.get(2),
+            artifact_type: r.get(3),
+            annotations: r.get(4),
+        })
+        .collect())
+}

@@ -1,0 +1,142 @@
+//! The data plane's one typed configuration, built in `main` from clap flags (each also read
+//! from an `AERUGO_…` environment variable), validated at start-up and passed down.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aerugo_storage::S3Config;
+use clap::{Args, ValueEnum};
+
+/// Where blobs live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// A local directory.
+    File,
+    /// An S3-compatible service.
+    S3,
+}
+
+/// How blob GETs are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedirectMode {
+    /// `307` to a presigned storage URL (the node serves one small response).
+    Presign,
+    /// Stream the bytes through the node (clients that cannot reach storage).
+    Proxy,
+}
+
+/// Flags of `aerugo-dataplane serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the registry listens on.
+    #[arg(long, env = "AERUGO_LISTEN", default_value = "127.0.0.1:5000")]
+    pub listen: SocketAddr,
+    /// Postgres URL (`postgres://user@host:5432/db`).
+    #[arg(long, env = "AERUGO_DATABASE_URL")]
+    pub database_url: String,
+    /// Largest number of Postgres connections this node opens.
+    #[arg(long, env = "AERUGO_DATABASE_POOL_SIZE", default_value_t = 32)]
+    pub database_pool_size: usize,
+    /// Blob storage backend.
+    #[arg(long, env = "AERUGO_STORAGE", value_enum, default_value = "file")]
+    pub storage: StorageKind,
+    /// Directory of the `file` backend.
+    #[arg(long, env = "AERUGO_STORAGE_PATH", default_value = "./data")]
+    pub storage_path: PathBuf,
+    /// S3 endpoint URL (omit for AWS).
+    #[arg(long, env = "AERUGO_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 bucket holding blobs.
+    #[arg(long, env = "AERUGO_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// S3 region used for request signing.
+    #[arg(long, env = "AERUGO_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// S3 access key id.
+    #[arg(long, env = "AERUGO_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    /// File holding the S3 secret access key (or set `AERUGO_S3_SECRET_ACCESS_KEY`; secrets are
+    /// never taken from the command line).
+    #[arg(long, env = "AERUGO_S3_SECRET_ACCESS_KEY_FILE")]
+    pub s3_secret_access_key_file: Option<PathBuf>,
+    /// Path-style S3 addressing (most self-hosted S3 services need it).
+    #[arg(long, env = "AERUGO_S3_PATH_STYLE", default_value_t = false)]
+    pub s3_path_style: bool,
+    /// How blob GETs are answered.
+    #[arg(long, env = "AERUGO_REDIRECT", value_enum, default_value = "presign")]
+    pub redirect: RedirectMode,
+    /// Lifetime of presigned blob URLs, in seconds.
+    #[arg(long, env = "AERUGO_PRESIGN_TTL", default_value_t = 300)]
+    pub presign_ttl: u64,
+    /// Public base URL clients reach the registry at (used in `Location` headers).
+    #[arg(long, env = "AERUGO_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
+    /// Seconds of inactivity after which an upload session expires and its storage is freed.
+    #[arg(long, env = "AERUGO_UPLOAD_TTL", default_value_t = 86_400)]
+    pub upload_ttl: u64,
+    /// HTTP worker threads (default: one per core).
+    #[arg(long, env = "AERUGO_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+/// Validated settings the registry core runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Blob GET behaviour.
+    pub redirect: RedirectMode,
+    /// Presigned URL lifetime.
+    pub presign_ttl: Duration,
+    /// Public base URL without a trailing slash, if configured.
+    pub public_url: Option<String>,
+    /// Upload session inactivity limit.
+    pub upload_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            redirect: RedirectMode::Presign,
+            presign_ttl: Duration::from_secs(300),
+            public_url: None,
+            upload_ttl: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl ServeArgs {
+    /// The core settings these flags describe.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        if self.presign_ttl == 0 || self.presign_ttl > 7 * 24 * 3600 {
+            return Err(ConfigError("presign TTL must be between 1 second and 7 days".into()));
+        }
+        if self.upload_ttl < 60 {
+            return Err(ConfigError("upload TTL must be at least 60 seconds".into()));
+        }
+        Ok(Settings {
+            redirect: self.redirect,
+            presign_ttl: Duration::from_secs(self.presign_ttl),
+            public_url: self.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_owned()),
+            upload_ttl: Duration::from_secs(self.upload_ttl),
+        })
+    }
+
+    /// S3 connection settings; `secret_access_key` comes from the file flag or the environment.
+    pub fn s3_config(&self, secret_access_key: Option<String>) -> Result<S3Config, ConfigError> {
+        let missing = |what: &str| ConfigError(format!("--storage s3 needs {what}"));
+        Ok(S3Config {
+            endpoint: self.s3_endpoint.clone(),
+            bucket: self.s3_bucket.clone().ok_or_else(|| missing("--s3-bucket"))?,
+            region: self.s3_region.clone(),
+            access_key_id: self.s3_access_key_id.clone().ok_or_else(|| missing("--s3-access-key-id"))?,
+            secret_access_key: secret_access_key
+                .ok_or_else(|| missing("AERUGO_S3_SECRET_ACCESS_KEY or --s3-secret-access-key-file"))?,
+            path_style: self.s3_path_style,
+        })
+    }
+}

@@ -1,0 +1,83 @@
+//! Blob reads and deletes. A blob is visible in a repository only through its link there.
+
+use aerugo_db::registry::{self, Blob, BlobUnlink};
+use aerugo_db::{GenericClient, audit};
+use aerugo_oci::range::{RangeRequest, ReadRange, resolve_range};
+use aerugo_oci::{Digest, RepoName};
+use aerugo_storage::{BlobStore, ByteStream};
+use serde_json::json;
+
+use super::{ANONYMOUS, Registry};
+use crate::config::RedirectMode;
+use crate::error::{RegistryError, Result};
+
+/// How a blob GET is answered.
+pub enum BlobBody {
+    /// `307` to this URL.
+    Redirect(String),
+    /// The bytes, with the range served if one was asked for.
+    Stream {
+        /// Blob bytes (or the requested part).
+        stream: ByteStream,
+        /// The part served, if a range was requested.
+        range: Option<ReadRange>,
+    },
+}
+
+impl Registry {
+    async fn linked_blob(&self, client: &impl GenericClient, name: &RepoName, digest: &Digest) -> Result<Blob> {
+        let repo = self.repository(client, name).await?;
+        registry::repository_blob(client, repo.id, digest.as_str())
+            .await?
+            .ok_or_else(|| RegistryError::BlobUnknown(digest.to_string()))
+    }
+
+    /// The blob `digest` of repository `name` (for HEAD).
+    pub async fn blob(&self, name: &RepoName, digest: &Digest) -> Result<Blob> {
+        let client = self.client().await?;
+        self.linked_blob(&client, name, digest).await
+    }
+
+    /// Reads a blob: a presigned redirect when configured and possible, else a stream.
+    pub async fn read_blob(&self, name: &RepoName, digest: &Digest, range: Option<&str>) -> Result<(Blob, BlobBody)> {
+        let blob = self.blob(name, digest).await?;
+        if self.settings.redirect == RedirectMode::Presign
+            && let Some(url) = self.store.presign(&blob.storage_key, self.settings.presign_ttl).await?
+        {
+            return Ok((blob, BlobBody::Redirect(url)));
+        }
+        let size = u64::try_from(blob.size).unwrap_or(0);
+        let range = match resolve_range(range, size) {
+            RangeRequest::Full => None,
+            RangeRequest::Partial(r) => Some(r),
+            RangeRequest::Unsatisfiable => return Err(RegistryError::RangeNotSatisfiable { size }),
+        };
+        let stream = match self.store.read(&blob.storage_key, range).await {
+            Err(aerugo_storage::Error::NotFound(key)) => {
+                return Err(RegistryError::Internal(format!("blob {digest} has a row but no object at {key}")));
+            }
+            other => other?,
+        };
+        Ok((blob, BlobBody::Stream { stream, range }))
+    }
+
+    /// Removes a blob from a repository. Refused while a manifest there references it, so no
+    /// manifest ever points at a blob its repository cannot serve.
+    pub async fn delete_blob(&self, name: &RepoName, digest: &Digest) -> Result<()> {
+        let mut client = self.client().await?;
+        let repo = self.repository(&client, name).await?;
+        let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+        match registry::unlink_blob(&tx, repo.id, digest.as_str()).await? {
+            BlobUnlink::NotFound => return Err(RegistryError::BlobUnknown(digest.to_string())),
+            BlobUnlink::InUse => {
+                return Err(RegistryError::Denied(format!(
+                    "blob {digest} is referenced by a manifest in {name}; delete the manifest first"
+                )));
+            }
+            BlobUnlink::Unlinked => {}
+        }
+        audit::record(&tx, ANONYMOUS, "blob.delete", &repo.name, json!({ "digest": digest })).await?;
+        tx.commit().await.map_err(aerugo_db::Error::from)?;
+        Ok(())
+    }
+}

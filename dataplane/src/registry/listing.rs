@@ -1,0 +1,81 @@
+//! Listings: tags, the catalog and referrers, keyset-paginated in byte order.
+
+use aerugo_db::registry::{self, Referrer};
+use aerugo_oci::{Digest, RepoName};
+
+use super::Registry;
+use crate::error::Result;
+
+/// Page size when the client gives no `n`, and the most one page may hold.
+pub const MAX_PAGE: u32 = 10_000;
+
+/// A page request: `n` results after `last`.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Results wanted (capped at [`MAX_PAGE`]).
+    pub n: Option<u32>,
+    /// Last result of the previous page.
+    pub last: Option<String>,
+}
+
+/// One page of results and, if there are more, the `last` to ask the next page with.
+#[derive(Debug, Clone)]
+pub struct PageOf {
+    /// The results, in byte order.
+    pub items: Vec<String>,
+    /// Set when more results follow.
+    pub next: Option<String>,
+}
+
+impl Page {
+    fn limit(&self) -> i64 {
+        i64::from(self.n.unwrap_or(MAX_PAGE).min(MAX_PAGE))
+    }
+
+    /// Trims one-extra results fetched to learn whether another page follows.
+    fn finish(&self, mut items: Vec<String>) -> PageOf {
+        let limit = usize::try_from(self.limit()).unwrap_or(usize::MAX);
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().cloned()
+        } else {
+            None
+        };
+        PageOf { items, next }
+    }
+}
+
+impl Registry {
+    /// Tags of repository `name`.
+    pub async fn tags(&self, name: &RepoName, page: &Page) -> Result<PageOf> {
+        let client = self.client().await?;
+        let repo = self.repository(&client, name).await?;
+        if page.limit() == 0 {
+            return Ok(PageOf { items: Vec::new(), next: None });
+        }
+        let items = registry::list_tags(&client, repo.id, page.last.as_deref(), page.limit() + 1).await?;
+        Ok(page.finish(items))
+    }
+
+    /// Repository names in the catalog.
+    pub async fn catalog(&self, page: &Page) -> Result<PageOf> {
+        if page.limit() == 0 {
+            return Ok(PageOf { items: Vec::new(), next: None });
+        }
+        let client = self.client().await?;
+        let items = registry::list_repositories(&client, page.last.as_deref(), page.limit() + 1).await?;
+        Ok(page.finish(items))
+    }
+
+    /// Manifests of repository `name` whose subject is `subject`.
+    pub async fn referrers(
+        &self,
+        name: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Referrer>> {
+        let client = self.client().await?;
+        let repo = self.repository(&client, name).await?;
+        Ok(registry::referrers(&client, repo.id, subject.as_str(), artifact_type).await?)
+    }
+}

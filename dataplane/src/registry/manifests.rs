@@ -1,0 +1,156 @@
+//! Manifests and tags: validation against the repository's content, byte-exact storage,
+//! tag moves and deletes.
+
+use aerugo_db::registry::{self, ManifestDeletion, NewManifest};
+use aerugo_db::{GenericClient, audit};
+use aerugo_oci::manifest::{self, ParsedManifest};
+use aerugo_oci::{Digest, Reference, RepoName};
+use serde_json::json;
+
+use super::{ANONYMOUS, Registry};
+use crate::error::{RegistryError, Result};
+
+/// A manifest as served.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// Digest of the payload.
+    pub digest: String,
+    /// `Content-Type` to serve.
+    pub media_type: String,
+    /// Byte-exact payload.
+    pub payload: Vec<u8>,
+    /// Subject digest, for `OCI-Subject`.
+    pub subject: Option<String>,
+}
+
+impl From<registry::Manifest> for StoredManifest {
+    fn from(m: registry::Manifest) -> Self {
+        StoredManifest { digest: m.digest, media_type: m.media_type, payload: m.payload, subject: m.subject_digest }
+    }
+}
+
+impl Registry {
+    /// The manifest `reference` of repository `name`.
+    pub async fn manifest(&self, name: &RepoName, reference: &Reference) -> Result<StoredManifest> {
+        let client = self.client().await?;
+        let repo = self.repository(&client, name).await?;
+        let found = match reference {
+            Reference::Tag(tag) => registry::manifest_by_tag(&client, repo.id, tag.as_str()).await?,
+            Reference::Digest(digest) => registry::manifest_by_digest(&client, repo.id, digest.as_str()).await?,
+        };
+        found.map(StoredManifest::from).ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))
+    }
+
+    /// Validates and stores a manifest, tagging it when `reference` is a tag. Returns its
+    /// digest and subject.
+    pub async fn put_manifest(
+        &self,
+        name: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        payload: &[u8],
+    ) -> Result<(Digest, Option<Digest>)> {
+        let parsed = manifest::parse(payload, content_type)?;
+        let digest = Digest::sha256_of(payload);
+        if let Reference::Digest(expected) = reference
+            && expected != &digest
+        {
+            return Err(RegistryError::DigestInvalid(format!("manifest has digest {digest}, not {expected}")));
+        }
+        let mut client = self.client().await?;
+        let repo = self.repository_for_push(&client, name).await?;
+        let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+        let child_ids = check_references(&tx, repo.id, &parsed).await?;
+        let blob_digests: Vec<String> = dedup(parsed.blobs.iter().map(|b| b.digest.to_string()));
+        let referenced: u64 = parsed.blobs.iter().chain(&parsed.children).map(|d| d.size).sum();
+        let id = registry::insert_manifest(
+            &tx,
+            &NewManifest {
+                repository_id: repo.id,
+                digest: digest.as_str(),
+                media_type: &parsed.media_type,
+                artifact_type: parsed.artifact_type.as_deref(),
+                subject_digest: parsed.subject.as_ref().map(|s| s.digest.as_str()),
+                config_digest: parsed.config.as_ref().map(|c| c.digest.as_str()),
+                annotations: parsed.annotations.clone().map(serde_json::Value::Object),
+                payload,
+                total_size: i64::try_from(referenced.saturating_add(payload.len() as u64)).unwrap_or(i64::MAX),
+                blob_digests: &blob_digests,
+                child_ids: &child_ids,
+            },
+        )
+        .await?;
+        if let Reference::Tag(tag) = reference {
+            registry::put_tag(&tx, repo.id, tag.as_str(), id).await?;
+        }
+        registry::touch_repository(&tx, repo.id).await?;
+        audit::record(
+            &tx,
+            ANONYMOUS,
+            "manifest.push",
+            &repo.name,
+            json!({ "digest": digest, "reference": reference.to_string(), "mediaType": parsed.media_type }),
+        )
+        .await?;
+        tx.commit().await.map_err(aerugo_db::Error::from)?;
+        Ok((digest, parsed.subject.map(|s| s.digest)))
+    }
+
+    /// Deletes a tag (by tag) or a manifest and every tag on it (by digest).
+    pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference) -> Result<()> {
+        let mut client = self.client().await?;
+        let repo = self.repository(&client, name).await?;
+        let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+        match reference {
+            Reference::Tag(tag) => {
+                if !registry::delete_tag(&tx, repo.id, tag.as_str()).await? {
+                    return Err(RegistryError::ManifestUnknown(tag.to_string()));
+                }
+                audit::record(&tx, ANONYMOUS, "tag.delete", &repo.name, json!({ "tag": tag.as_str() })).await?;
+            }
+            Reference::Digest(digest) => {
+                match registry::delete_manifest(&tx, repo.id, digest.as_str()).await? {
+                    ManifestDeletion::NotFound => return Err(RegistryError::ManifestUnknown(digest.to_string())),
+                    ManifestDeletion::ReferencedByIndex => {
+                        return Err(RegistryError::Denied(format!(
+                            "manifest {digest} is listed by an index in {name}; delete the index first"
+                        )));
+                    }
+                    ManifestDeletion::Deleted => {}
+                }
+                audit::record(&tx, ANONYMOUS, "manifest.delete", &repo.name, json!({ "digest": digest })).await?;
+            }
+        }
+        tx.commit().await.map_err(aerugo_db::Error::from)?;
+        Ok(())
+    }
+}
+
+/// Checks that every blob and child manifest the manifest references is in the repository;
+/// returns the children's row ids.
+async fn check_references(
+    client: &impl GenericClient,
+    repository_id: i64,
+    parsed: &ParsedManifest,
+) -> Result<Vec<i64>> {
+    let blobs = dedup(parsed.blobs.iter().map(|b| b.digest.to_string()));
+    if let Some(missing) = registry::missing_blobs(client, repository_id, &blobs).await?.into_iter().next() {
+        return Err(RegistryError::ManifestBlobUnknown(missing));
+    }
+    let children = dedup(parsed.children.iter().map(|c| c.digest.to_string()));
+    if children.is_empty() {
+        return Ok(Vec::new());
+    }
+    let found = registry::manifest_ids(client, repository_id, &children).await?;
+    if let Some(missing) = children.iter().find(|c| !found.iter().any(|(d, _)| d == *c)) {
+        return Err(RegistryError::ManifestBlobUnknown(missing.clone()));
+    }
+    Ok(found.into_iter().map(|(_, id)| id).collect())
+}
+
+fn dedup(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut v: Vec<String> = items.collect();
+    v.sort();
+    v.dedup();
+    v
+}

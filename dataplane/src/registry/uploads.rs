@@ -1,0 +1,328 @@
+//! Blob uploads: sessions persisted in Postgres so any node continues any upload, bodies
+//! streamed to storage while hashed, and verification before anything becomes visible.
+
+use std::fmt::Display;
+
+use aerugo_db::registry::Repository;
+use aerugo_db::{audit, registry, uploads};
+use aerugo_oci::range::ChunkRange;
+use aerugo_oci::{Digest, RepoName, ResumableSha256};
+use aerugo_storage::{BlobStore, UploadState, UploadWriter};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{ANONYMOUS, Registry};
+use crate::error::{RegistryError, Result};
+
+/// Where an upload stands, as the `Location`/`Range` headers report it.
+#[derive(Debug, Clone)]
+pub struct UploadProgress {
+    /// URL to send the next chunk to.
+    pub location: String,
+    /// Session id.
+    pub id: Uuid,
+    /// Bytes received so far.
+    pub offset: u64,
+}
+
+/// Result of `POST /v2/<name>/blobs/uploads/`.
+#[derive(Debug)]
+pub enum StartUpload {
+    /// A session was opened (202).
+    Session(UploadProgress),
+    /// The blob is now in the repository (mounted, or uploaded monolithically) (201).
+    Done {
+        /// The blob's digest.
+        digest: Digest,
+        /// The blob's URL.
+        location: String,
+    },
+}
+
+/// The bytes one request carried, written and hashed.
+struct Written<W> {
+    hasher: ResumableSha256,
+    writer: W,
+    received: u64,
+}
+
+impl Registry {
+    fn upload_url(&self, name: &RepoName, id: Uuid) -> String {
+        self.url(&format!("/v2/{name}/blobs/uploads/{id}"))
+    }
+
+    fn blob_url(&self, name: &RepoName, digest: &Digest) -> String {
+        self.url(&format!("/v2/{name}/blobs/{digest}"))
+    }
+
+    /// Opens an upload, mounts a blob from `mount_from`, or stores a monolithic body.
+    pub async fn start_upload<S, E>(
+        &self,
+        name: &RepoName,
+        mount: Option<(Digest, Option<RepoName>)>,
+        monolithic: Option<(Digest, S)>,
+    ) -> Result<StartUpload>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let client = self.client().await?;
+        let repo = self.repository_for_push(&client, name).await?;
+        if let Some((digest, from)) = mount
+            && self.mount(&repo, &digest, from.as_ref()).await?
+        {
+            return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
+        }
+        drop(client);
+        if let Some((digest, body)) = monolithic {
+            let id = Uuid::new_v4();
+            let written =
+                self.write_body(id, UploadState::default(), Vec::new(), ResumableSha256::new(), 0, body).await?;
+            self.publish(&repo, id, written, &digest).await?;
+            return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
+        }
+        let id = Uuid::new_v4();
+        let upload = uploads::Upload {
+            id,
+            repository_id: repo.id,
+            received_bytes: 0,
+            hash_state: ResumableSha256::new().to_state(),
+            store_state: json!(UploadState::default()),
+            pending: Vec::new(),
+            version: 0,
+        };
+        let client = self.client().await?;
+        uploads::create(&client, &upload, self.settings.upload_ttl.as_secs_f64()).await?;
+        Ok(StartUpload::Session(UploadProgress { location: self.upload_url(name, id), id, offset: 0 }))
+    }
+
+    /// Links `digest` into `repo` if it is readable in `from` (or already there).
+    async fn mount(&self, repo: &Repository, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
+        let mut client = self.client().await?;
+        if registry::repository_blob(&client, repo.id, digest.as_str()).await?.is_some() {
+            return Ok(true);
+        }
+        let Some(from) = from else { return Ok(false) };
+        let Some(source) = registry::find_repository(&client, from.as_str()).await? else {
+            return Ok(false);
+        };
+        let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+        if registry::repository_blob(&tx, source.id, digest.as_str()).await?.is_none() {
+            return Ok(false);
+        }
+        registry::link_blob(&tx, repo.id, digest.as_str()).await?;
+        audit::record(&tx, ANONYMOUS, "blob.mount", &repo.name, json!({ "digest": digest, "from": from.as_str() }))
+            .await?;
+        tx.commit().await.map_err(aerugo_db::Error::from)?;
+        Ok(true)
+    }
+
+    /// Appends a chunk (`PATCH`), with or without `Content-Range`.
+    pub async fn append_upload<S, E>(
+        &self,
+        name: &RepoName,
+        id: Uuid,
+        range: Option<ChunkRange>,
+        body: S,
+    ) -> Result<UploadProgress>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let (repo, upload) = self.session(name, id).await?;
+        self.check_range(name, &upload, range)?;
+        let written = self.resume(&upload, body).await?;
+        check_length(&upload, range, written.received)?;
+        let (state, pending) = written.writer.pause().await?;
+        let saved = uploads::Upload {
+            received_bytes: i64::try_from(written.received).map_err(|_| too_large())?,
+            hash_state: written.hasher.to_state(),
+            store_state: json!(state),
+            pending,
+            ..upload
+        };
+        let client = self.client().await?;
+        if !uploads::save(&client, &saved, self.settings.upload_ttl.as_secs_f64()).await? {
+            // Another request moved the session meanwhile: report where it now stands.
+            let current = uploads::get(&client, id, repo.id).await?.ok_or(RegistryError::BlobUploadUnknown)?;
+            return Err(self.range_mismatch(name, &current));
+        }
+        Ok(UploadProgress { location: self.upload_url(name, id), id, offset: written.received })
+    }
+
+    /// Completes an upload (`PUT ?digest=`), with an optional last chunk.
+    pub async fn finish_upload<S, E>(
+        &self,
+        name: &RepoName,
+        id: Uuid,
+        digest: &Digest,
+        range: Option<ChunkRange>,
+        body: S,
+    ) -> Result<String>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let (repo, upload) = self.session(name, id).await?;
+        self.check_range(name, &upload, range)?;
+        let written = self.resume(&upload, body).await?;
+        check_length(&upload, range, written.received)?;
+        let client = self.client().await?;
+        if !uploads::finish(&client, id, upload.version).await? {
+            return Err(RegistryError::BlobUploadUnknown);
+        }
+        drop(client);
+        self.publish(&repo, id, written, digest).await?;
+        Ok(self.blob_url(name, digest))
+    }
+
+    /// The progress of an upload session (`GET`).
+    pub async fn upload_status(&self, name: &RepoName, id: Uuid) -> Result<UploadProgress> {
+        let (_, upload) = self.session(name, id).await?;
+        Ok(UploadProgress { location: self.upload_url(name, id), id, offset: offset(&upload) })
+    }
+
+    /// Cancels an upload session and frees its storage (`DELETE`).
+    pub async fn cancel_upload(&self, name: &RepoName, id: Uuid) -> Result<()> {
+        let client = self.client().await?;
+        let repo = self.repository(&client, name).await?;
+        let upload = uploads::cancel(&client, id, repo.id).await?.ok_or(RegistryError::BlobUploadUnknown)?;
+        drop(client);
+        self.store.abort_upload(id, &store_state(&upload)?).await?;
+        Ok(())
+    }
+
+    /// Ends expired upload sessions and frees their storage; returns how many were removed.
+    pub async fn expire_uploads(&self) -> Result<usize> {
+        let mut removed = 0;
+        loop {
+            let client = self.client().await?;
+            let batch = uploads::take_expired(&client, 100).await?;
+            drop(client);
+            if batch.is_empty() {
+                return Ok(removed);
+            }
+            for upload in &batch {
+                match store_state(upload) {
+                    Ok(state) => {
+                        if let Err(e) = self.store.abort_upload(upload.id, &state).await {
+                            tracing::warn!(upload = %upload.id, error = %e, "freeing expired upload storage failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(upload = %upload.id, error = %e, "expired upload has corrupt state"),
+                }
+            }
+            removed += batch.len();
+        }
+    }
+
+    async fn session(&self, name: &RepoName, id: Uuid) -> Result<(Repository, uploads::Upload)> {
+        let client = self.client().await?;
+        let repo = self.repository(&client, name).await?;
+        let upload = uploads::get(&client, id, repo.id).await?.ok_or(RegistryError::BlobUploadUnknown)?;
+        Ok((repo, upload))
+    }
+
+    fn check_range(&self, name: &RepoName, upload: &uploads::Upload, range: Option<ChunkRange>) -> Result<()> {
+        match range {
+            Some(r) if r.start != offset(upload) => Err(self.range_mismatch(name, upload)),
+            _ => Ok(()),
+        }
+    }
+
+    fn range_mismatch(&self, name: &RepoName, upload: &uploads::Upload) -> RegistryError {
+        RegistryError::RangeMismatch {
+            location: self.upload_url(name, upload.id),
+            upload_id: upload.id.to_string(),
+            offset: offset(upload),
+        }
+    }
+
+    async fn resume<S, E>(&self, upload: &uploads::Upload, body: S) -> Result<Written<aerugo_storage::AnyWriter>>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let hasher = ResumableSha256::from_state(&upload.hash_state)
+            .map_err(|e| RegistryError::Internal(format!("upload {}: {e}", upload.id)))?;
+        self.write_body(upload.id, store_state(upload)?, upload.pending.clone(), hasher, offset(upload), body).await
+    }
+
+    /// Streams `body` into the upload's storage while hashing it; nothing is held whole.
+    async fn write_body<S, E>(
+        &self,
+        id: Uuid,
+        state: UploadState,
+        pending: Vec<u8>,
+        mut hasher: ResumableSha256,
+        mut received: u64,
+        mut body: S,
+    ) -> Result<Written<aerugo_storage::AnyWriter>>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: Display,
+    {
+        let mut writer = self.store.resume_upload(id, state, pending).await?;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| RegistryError::BlobUploadInvalid(format!("reading request body: {e}")))?;
+            hasher.update(&chunk);
+            received += chunk.len() as u64;
+            writer.write(chunk).await?;
+        }
+        Ok(Written { hasher, writer, received })
+    }
+
+    /// Verifies the content against `digest` and makes the blob visible in `repo`; on a
+    /// mismatch the upload's storage is released and nothing becomes visible.
+    async fn publish(
+        &self,
+        repo: &Repository,
+        id: Uuid,
+        written: Written<aerugo_storage::AnyWriter>,
+        digest: &Digest,
+    ) -> Result<()> {
+        let computed = written.hasher.finish();
+        if &computed != digest {
+            let (state, _) = written.writer.pause().await?;
+            self.store.abort_upload(id, &state).await?;
+            return Err(RegistryError::DigestInvalid(format!("content has digest {computed}, not {digest}")));
+        }
+        let size = i64::try_from(written.received).map_err(|_| too_large())?;
+        let key = self.store.complete_upload(written.writer, digest).await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+        registry::insert_blob(&tx, digest.as_str(), size, &key).await?;
+        registry::link_blob(&tx, repo.id, digest.as_str()).await?;
+        audit::record(&tx, ANONYMOUS, "blob.push", &repo.name, json!({ "digest": digest, "size": size })).await?;
+        tx.commit().await.map_err(aerugo_db::Error::from)?;
+        tracing::debug!(repo = %repo.name, %digest, size_bytes = size, "blob stored");
+        Ok(())
+    }
+}
+
+fn offset(upload: &uploads::Upload) -> u64 {
+    u64::try_from(upload.received_bytes).unwrap_or(0)
+}
+
+fn store_state(upload: &uploads::Upload) -> Result<UploadState> {
+    serde_json::from_value(upload.store_state.clone())
+        .map_err(|e| RegistryError::Internal(format!("upload {} store state: {e}", upload.id)))
+}
+
+/// A chunk sent with `Content-Range` must carry exactly that many bytes.
+fn check_length(upload: &uploads::Upload, range: Option<ChunkRange>, received: u64) -> Result<()> {
+    let got = received - offset(upload);
+    match range {
+        Some(r) if r.len() != got => Err(RegistryError::SizeInvalid {
+            over_limit: false,
+            detail: format!("Content-Range announced {} bytes, body had {got}", r.len()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn too_large() -> RegistryError {
+    RegistryError::SizeInvalid { over_limit: true, detail: "blob too large".into() }
+}

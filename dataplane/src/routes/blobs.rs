@@ -1,0 +1,62 @@
+//! `/v2/<name>/blobs/<digest>`: GET (redirect or ranged stream), HEAD, DELETE.
+
+use actix_web::body::SizedStream;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use super::{HeadBody, digest, header as header_value, repo_name};
+use crate::Registry;
+use crate::auth::{Action, Caller};
+use crate::error::Result;
+use crate::registry::BlobBody;
+
+type Path = web::Path<(String, String)>;
+
+pub(super) async fn head(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
+    let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
+    caller.authorize(&name, Action::Pull)?;
+    let blob = registry.blob(&name, &digest).await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header(("Docker-Content-Digest", blob.digest.as_str()))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::ETAG, format!("\"{}\"", blob.digest)))
+        .body(HeadBody(u64::try_from(blob.size).unwrap_or(0))))
+}
+
+pub(super) async fn get(
+    registry: web::Data<Registry>,
+    caller: Caller,
+    path: Path,
+    req: HttpRequest,
+) -> Result<HttpResponse> {
+    let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
+    caller.authorize(&name, Action::Pull)?;
+    let (blob, body) = registry.read_blob(&name, &digest, header_value(&req, "range")).await?;
+    let size = u64::try_from(blob.size).unwrap_or(0);
+    Ok(match body {
+        BlobBody::Redirect(url) => HttpResponse::TemporaryRedirect()
+            .insert_header((header::LOCATION, url))
+            .insert_header(("Docker-Content-Digest", blob.digest.as_str()))
+            .finish(),
+        BlobBody::Stream { stream, range: None } => HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .insert_header(("Docker-Content-Digest", blob.digest.as_str()))
+            .insert_header((header::ACCEPT_RANGES, "bytes"))
+            .insert_header((header::ETAG, format!("\"{}\"", blob.digest)))
+            .body(SizedStream::new(size, stream)),
+        BlobBody::Stream { stream, range: Some(r) } => HttpResponse::PartialContent()
+            .content_type("application/octet-stream")
+            .insert_header(("Docker-Content-Digest", blob.digest.as_str()))
+            .insert_header((header::ACCEPT_RANGES, "bytes"))
+            .insert_header((header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end)))
+            .body(SizedStream::new(r.end - r.start + 1, stream)),
+    })
+}
+
+pub(super) async fn delete(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
+    let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
+    caller.authorize(&name, Action::Delete)?;
+    registry.delete_blob(&name, &digest).await?;
+    Ok(HttpResponse::Accepted().finish())
+}

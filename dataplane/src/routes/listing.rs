@@ -1,0 +1,97 @@
+//! Listings: `/v2/_catalog`, `/v2/<name>/tags/list`, `/v2/<name>/referrers/<digest>`.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use aerugo_oci::manifest::OCI_INDEX;
+use serde_json::{Map, Value, json};
+
+use super::{digest, query, repo_name};
+use crate::Registry;
+use crate::auth::{Action, Caller};
+use crate::error::{RegistryError, Result};
+use crate::registry::{Page, PageOf};
+
+fn page(req: &HttpRequest) -> Result<Page> {
+    let n =
+        match query(req, "n") {
+            Some(raw) => Some(raw.parse::<u32>().map_err(|_| {
+                RegistryError::PaginationInvalid(format!("n must be a non-negative integer, got {raw:?}"))
+            })?),
+            None => None,
+        };
+    Ok(Page { n, last: query(req, "last") })
+}
+
+/// Adds `Link: <path?n=…&last=…>; rel="next"` when another page follows.
+fn link(response: &mut actix_web::HttpResponseBuilder, path: &str, page: &Page, result: &PageOf) {
+    if let Some(last) = &result.next {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some(n) = page.n {
+            query.append_pair("n", &n.to_string());
+        }
+        query.append_pair("last", last);
+        response.insert_header((header::LINK, format!("<{path}?{}>; rel=\"next\"", query.finish())));
+    }
+}
+
+pub(super) async fn catalog(registry: web::Data<Registry>, req: HttpRequest) -> Result<HttpResponse> {
+    let page = page(&req)?;
+    let result = registry.catalog(&page).await?;
+    let body = json!({ "repositories": result.items });
+    let mut response = HttpResponse::Ok();
+    response.content_type("application/json");
+    link(&mut response, "/v2/_catalog", &page, &result);
+    Ok(response.body(body.to_string()))
+}
+
+pub(super) async fn tags(
+    registry: web::Data<Registry>,
+    caller: Caller,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Result<HttpResponse> {
+    let name = repo_name(&path)?;
+    caller.authorize(&name, Action::Pull)?;
+    let page = page(&req)?;
+    let result = registry.tags(&name, &page).await?;
+    let body = json!({ "name": name.as_str(), "tags": result.items });
+    let mut response = HttpResponse::Ok();
+    response.content_type("application/json");
+    link(&mut response, &format!("/v2/{name}/tags/list"), &page, &result);
+    Ok(response.body(body.to_string()))
+}
+
+pub(super) async fn referrers(
+    registry: web::Data<Registry>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+) -> Result<HttpResponse> {
+    let (name, subject) = (repo_name(&path.0)?, digest(&path.1)?);
+    caller.authorize(&name, Action::Pull)?;
+    let artifact_type = query(&req, "artifactType");
+    let found = registry.referrers(&name, &subject, artifact_type.as_deref()).await?;
+    let manifests: Vec<Value> = found
+        .into_iter()
+        .map(|r| {
+            let mut d = Map::new();
+            d.insert("mediaType".into(), r.media_type.into());
+            d.insert("digest".into(), r.digest.into());
+            d.insert("size".into(), r.size.into());
+            if let Some(t) = r.artifact_type {
+                d.insert("artifactType".into(), t.into());
+            }
+            if let Some(a) = r.annotations {
+                d.insert("annotations".into(), a);
+            }
+            Value::Object(d)
+        })
+        .collect();
+    let body = json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests });
+    let mut response = HttpResponse::Ok();
+    response.content_type(OCI_INDEX);
+    if artifact_type.is_some() {
+        response.insert_header(("OCI-Filters-Applied", "artifactType"));
+    }
+    Ok(response.body(body.to_string()))
+}

@@ -1,0 +1,82 @@
+//! `/v2/<name>/manifests/<reference>`: GET, HEAD, PUT, DELETE.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use aerugo_oci::Reference;
+use aerugo_oci::manifest::MAX_MANIFEST_BYTES;
+use futures_util::StreamExt;
+
+use super::{header as header_value, repo_name};
+use crate::Registry;
+use crate::auth::{Action, Caller};
+use crate::error::{RegistryError, Result};
+use crate::registry::StoredManifest;
+
+type Path = web::Path<(String, String)>;
+
+fn parse(path: &Path) -> Result<(aerugo_oci::RepoName, Reference)> {
+    Ok((repo_name(&path.0)?, path.1.parse()?))
+}
+
+fn found(manifest: StoredManifest) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(manifest.media_type)
+        .insert_header(("Docker-Content-Digest", manifest.digest.as_str()))
+        .insert_header((header::ETAG, format!("\"{}\"", manifest.digest)))
+        .body(manifest.payload)
+}
+
+pub(super) async fn get(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
+    let (name, reference) = parse(&path)?;
+    caller.authorize(&name, Action::Pull)?;
+    Ok(found(registry.manifest(&name, &reference).await?))
+}
+
+pub(super) async fn head(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
+    // The payload is small and already loaded; actix sends its length but not its bytes.
+    get(registry, caller, path).await
+}
+
+pub(super) async fn put(
+    registry: web::Data<Registry>,
+    caller: Caller,
+    path: Path,
+    req: HttpRequest,
+    mut body: web::Payload,
+) -> Result<HttpResponse> {
+    let (name, reference) = parse(&path)?;
+    caller.authorize(&name, Action::Push)?;
+    let too_large = || RegistryError::SizeInvalid {
+        over_limit: true,
+        detail: format!("manifests are limited to {MAX_MANIFEST_BYTES} bytes"),
+    };
+    let declared = header_value(&req, "content-length").and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_MANIFEST_BYTES) {
+        return Err(too_large());
+    }
+    let mut payload = Vec::with_capacity(declared.unwrap_or(4096));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| RegistryError::ManifestInvalid(format!("reading request body: {e}")))?;
+        if payload.len() + chunk.len() > MAX_MANIFEST_BYTES {
+            return Err(too_large());
+        }
+        payload.extend_from_slice(&chunk);
+    }
+    let content_type = header_value(&req, "content-type");
+    let (digest, subject) = registry.put_manifest(&name, &reference, content_type, &payload).await?;
+    let mut response = HttpResponse::Created();
+    response
+        .insert_header((header::LOCATION, registry.url(&format!("/v2/{name}/manifests/{digest}"))))
+        .insert_header(("Docker-Content-Digest", digest.as_str()));
+    if let Some(subject) = subject {
+        response.insert_header(("OCI-Subject", subject.as_str()));
+    }
+    Ok(response.finish())
+}
+
+pub(super) async fn delete(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
+    let (name, reference) = parse(&path)?;
+    caller.authorize(&name, Action::Delete)?;
+    registry.delete_manifest(&name, &reference).await?;
+    Ok(HttpResponse::Accepted().finish())
+}

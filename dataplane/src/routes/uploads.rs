@@ -1,0 +1,109 @@
+//! `/v2/<name>/blobs/uploads/…`: POST (session, monolithic, mount), PATCH (chunked or
+//! streamed), PUT (complete), GET (status), DELETE (cancel).
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use aerugo_oci::range::parse_content_range;
+use uuid::Uuid;
+
+use super::{digest, header as header_value, query, repo_name};
+use crate::Registry;
+use crate::auth::{Action, Caller};
+use crate::error::{RegistryError, Result, upload_range};
+use crate::registry::{StartUpload, UploadProgress};
+
+type Path = web::Path<(String, String)>;
+
+fn upload_id(raw: &str) -> Result<Uuid> {
+    Uuid::parse_str(raw).map_err(|_| RegistryError::BlobUploadUnknown)
+}
+
+fn progress(status: actix_web::http::StatusCode, p: &UploadProgress) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::LOCATION, p.location.as_str()))
+        .insert_header((header::RANGE, upload_range(p.offset)))
+        .insert_header(("Docker-Upload-UUID", p.id.to_string()))
+        .finish()
+}
+
+fn created(location: &str, digest: &str) -> HttpResponse {
+    HttpResponse::Created()
+        .insert_header((header::LOCATION, location))
+        .insert_header(("Docker-Content-Digest", digest))
+        .finish()
+}
+
+fn content_range(req: &HttpRequest) -> Result<Option<aerugo_oci::range::ChunkRange>> {
+    Ok(header_value(req, "content-range").map(parse_content_range).transpose()?)
+}
+
+pub(super) async fn start(
+    registry: web::Data<Registry>,
+    caller: Caller,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse> {
+    let name = repo_name(&path)?;
+    caller.authorize(&name, Action::Push)?;
+    let mount = match query(&req, "mount") {
+        // A `from` that is no valid name cannot hold the blob: fall back to an upload.
+        Some(d) => Some((digest(&d)?, query(&req, "from").and_then(|f| f.parse().ok()))),
+        None => None,
+    };
+    if let Some((_, Some(from))) = &mount {
+        caller.authorize(from, Action::Pull)?;
+    }
+    let monolithic = match (&mount, query(&req, "digest")) {
+        (None, Some(d)) => Some((digest(&d)?, body)),
+        _ => None,
+    };
+    Ok(match registry.start_upload(&name, mount, monolithic).await? {
+        StartUpload::Session(p) => progress(actix_web::http::StatusCode::ACCEPTED, &p),
+        StartUpload::Done { digest, location } => created(&location, digest.as_str()),
+    })
+}
+
+pub(super) async fn patch(
+    registry: web::Data<Registry>,
+    caller: Caller,
+    path: Path,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse> {
+    let (name, id) = (repo_name(&path.0)?, upload_id(&path.1)?);
+    caller.authorize(&name, Action::Push)?;
+    let p = registry.append_upload(&name, id, content_range(&req)?, body).await?;
+    Ok(progress(actix_web::http::StatusCode::ACCEPTED, &p))
+}
+
+pub(super) async fn put(
+    registry: web::Data<Registry>,
+    caller: Caller,
+    path: Path,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse> {
+    let (name, id) = (repo_name(&path.0)?, upload_id(&path.1)?);
+    caller.authorize(&name, Action::Push)?;
+    let digest = digest(
+        &query(&req, "digest")
+            .ok_or_else(|| RegistryError::DigestInvalid("the final PUT of an upload needs ?digest=".into()))?,
+    )?;
+    let location = registry.finish_upload(&name, id, &digest, content_range(&req)?, body).await?;
+    Ok(created(&location, digest.as_str()))
+}
+
+pub(super) async fn status(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
+    let (name, id) = (repo_name(&path.0)?, upload_id(&path.1)?);
+    caller.authorize(&name, Action::Push)?;
+    let p = registry.upload_status(&name, id).await?;
+    Ok(progress(actix_web::http::StatusCode::NO_CONTENT, &p))
+}
+
+pub(super) async fn cancel(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
+    let (name, id) = (repo_name(&path.0)?, upload_id(&path.1)?);
+    caller.authorize(&name, Action::Push)?;
+    registry.cancel_upload(&name, id).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

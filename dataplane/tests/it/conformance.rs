@@ -1,0 +1,308 @@
+//! Conformance with the OCI Distribution Spec v1.1, one test per MUST/SHOULD statement (quoted),
+//! grouped as the spec's own conformance workflows are: pull, push, content discovery and
+//! content management.
+
+use actix_web::http::{Method, StatusCode};
+use actix_web::test::TestRequest;
+use aerugo_oci::Digest;
+use serde_json::json;
+
+use crate::harness::*;
+
+// --- Pull -----------------------------------------------------------------------------------
+
+/// "GET /v2/ … A 200 OK response from this endpoint indicates that the registry implements
+/// this specification."
+#[actix_web::test]
+async fn end_1_api_version_check_is_200() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    assert_eq!(call(&app, Method::GET, "/v2/").await.status, StatusCode::OK);
+    assert_eq!(call(&app, Method::GET, "/v2").await.status, StatusCode::OK);
+}
+
+/// "A GET request to an existing manifest URL MUST provide the expected manifest, with a
+/// response code that MUST be 200 OK." "The Docker-Content-Digest header … SHOULD match the
+/// digest of the manifest." "the Content-Type header SHOULD match what was uploaded."
+#[actix_web::test]
+async fn pull_manifest_by_tag_and_digest() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let digest = push_image(&app, "pull/me", "tagged", 1).await;
+    for reference in ["tagged", digest.as_str()] {
+        let reply = call(&app, Method::GET, &format!("/v2/pull/me/manifests/{reference}")).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(Digest::sha256_of(&reply.body), digest);
+        assert_eq!(reply.header("docker-content-digest"), Some(digest.as_str()));
+        assert_eq!(reply.header("content-type"), Some(OCI_MANIFEST));
+    }
+}
+
+/// "If the manifest is not found in the repository, the response code MUST be 404 Not Found."
+#[actix_web::test]
+async fn pull_missing_manifest_is_404_manifest_unknown() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    push_image(&app, "pull/missing", "here", 1).await;
+    for reference in ["absent", Digest::sha256_of(b"x").as_str()] {
+        let reply = call(&app, Method::GET, &format!("/v2/pull/missing/manifests/{reference}")).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND);
+        assert_eq!(reply.error_code(), "MANIFEST_UNKNOWN");
+    }
+    let reply = call(&app, Method::GET, "/v2/never/pushed/manifests/latest").await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.error_code(), "NAME_UNKNOWN");
+}
+
+/// "A HEAD request to an existing manifest or blob URL MUST return 200 OK. A successful
+/// response SHOULD contain the digest of the uploaded blob in the header Docker-Content-Digest."
+/// A HEAD response carries the length a GET would, and no body.
+#[actix_web::test]
+async fn head_manifest_and_blob() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let digest = push_image(&app, "head/me", "v1", 1).await;
+    let get = call(&app, Method::GET, "/v2/head/me/manifests/v1").await;
+    let head = call(&app, Method::HEAD, "/v2/head/me/manifests/v1").await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.header("docker-content-digest"), Some(digest.as_str()));
+    assert_eq!(head.length, Some(get.body.len() as u64));
+    let blob = push_blob(&app, "head/me", b"0123456789").await;
+    let head = call(&app, Method::HEAD, &format!("/v2/head/me/blobs/{blob}")).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.length, Some(10));
+    assert_eq!(head.header("docker-content-digest"), Some(blob.as_str()));
+    let missing = call(&app, Method::HEAD, &format!("/v2/head/me/blobs/{}", Digest::sha256_of(b"no"))).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+/// "A GET request to an existing blob URL MUST provide the expected blob, with a response code
+/// that MUST be 200 OK." "If the blob is not found in the repository, the response code MUST be
+/// 404 Not Found."
+#[actix_web::test]
+async fn pull_blob() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let data = bytes_of(70_000, 9);
+    let digest = push_blob(&app, "pull/blob", &data).await;
+    let reply = call(&app, Method::GET, &format!("/v2/pull/blob/blobs/{digest}")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, data);
+    let reply = call(&app, Method::GET, &format!("/v2/pull/blob/blobs/{}", Digest::sha256_of(b"n"))).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.error_code(), "BLOB_UNKNOWN");
+}
+
+// --- Push -----------------------------------------------------------------------------------
+
+/// "POST /v2/<name>/blobs/uploads/ … the registry MUST respond with a 202 Accepted response
+/// code and MUST include a Location header." Then "PUT <location>?digest=<digest> … Upon
+/// successful completion, the response MUST have code 201 Created and MUST have the following
+/// header: Location: <blob-location>".
+#[actix_web::test]
+async fn push_blob_post_then_put() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let data = b"post then put".to_vec();
+    let location = start_upload(&app, "push/two-step").await;
+    let digest = Digest::sha256_of(&data);
+    let reply = send(
+        &app,
+        TestRequest::put()
+            .uri(&format!("{location}?digest={digest}"))
+            .insert_header(("content-type", "application/octet-stream"))
+            .set_payload(data.clone()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(reply.header("location"), Some(format!("/v2/push/two-step/blobs/{digest}").as_str()));
+    assert_eq!(call(&app, Method::GET, &format!("/v2/push/two-step/blobs/{digest}")).await.body, data);
+}
+
+/// "POST /v2/<name>/blobs/uploads/?digest=<digest> … Successful completion of the request MUST
+/// return either a 201 Created or a 202 Accepted … and MUST include a Location header."
+#[actix_web::test]
+async fn push_blob_monolithic_post() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let digest = push_blob(&app, "push/mono", b"single post").await;
+    assert_eq!(call(&app, Method::GET, &format!("/v2/push/mono/blobs/{digest}")).await.body, "single post");
+}
+
+/// "Each PATCH request MUST contain … Content-Range … the registry MUST respond with 202
+/// Accepted … Location … Range: 0-<end-of-range>." "If a chunk is uploaded out of order, the
+/// registry MUST respond with a 416 Requested Range Not Satisfiable code."
+#[actix_web::test]
+async fn push_blob_chunked_in_order_and_out_of_order() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let data = bytes_of(20, 2);
+    let location = start_upload(&app, "push/chunks").await;
+    let patch = |uri: String, range: &'static str, body: Vec<u8>| {
+        TestRequest::patch().uri(&uri).insert_header(("content-range", range)).set_payload(body)
+    };
+    let first = send(&app, patch(location.clone(), "0-9", data[..10].to_vec())).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert_eq!(first.header("range"), Some("0-9"));
+    let next = first.header("location").expect("location").to_owned();
+    let replay = send(&app, patch(next.clone(), "0-9", data[..10].to_vec())).await;
+    assert_eq!(replay.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    let second = send(&app, patch(next.clone(), "10-19", data[10..].to_vec())).await;
+    assert_eq!(second.status, StatusCode::ACCEPTED);
+    let digest = Digest::sha256_of(&data);
+    assert_eq!(call(&app, Method::PUT, &format!("{next}?digest={digest}")).await.status, StatusCode::CREATED);
+}
+
+/// "GET <location> … The response code MUST be 204 No Content … MUST contain a Location header
+/// and a Range header."
+#[actix_web::test]
+async fn upload_status_is_204_with_range() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let location = start_upload(&app, "push/status").await;
+    let reply = call(&app, Method::GET, &location).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert!(reply.header("location").is_some());
+    assert_eq!(reply.header("range"), Some("0-0"));
+}
+
+/// "If a necessary blob … is not present … the registry MUST reject the manifest … 400 …
+/// MANIFEST_BLOB_UNKNOWN"; "PUT /v2/<name>/manifests/<reference> … MUST respond 201 Created
+/// … MUST include a Location header."
+#[actix_web::test]
+async fn push_manifest() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let config = b"{\"os\":\"linux\"}".to_vec();
+    let c = push_blob(&app, "push/manifest", &config).await;
+    let manifest = image_manifest(&(c, config.len()), &[]);
+    let reply = put_manifest(&app, "push/manifest", "v1", OCI_MANIFEST, &manifest).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let digest = Digest::sha256_of(&manifest);
+    assert_eq!(reply.header("location"), Some(format!("/v2/push/manifest/manifests/{digest}").as_str()));
+    assert_eq!(reply.header("docker-content-digest"), Some(digest.as_str()));
+    let unknown = image_manifest(&(Digest::sha256_of(b"?"), 1), &[]);
+    let reply = put_manifest(&app, "push/manifest", "v2", OCI_MANIFEST, &unknown).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::BAD_REQUEST, "MANIFEST_BLOB_UNKNOWN"));
+}
+
+/// "POST …?mount=<digest>&from=<other_namespace> … If the registry has the blob it MUST respond
+/// 201 Created … If a registry does not support cross-repository mounting or is unable to mount
+/// the requested blob, it SHOULD return a 202."
+#[actix_web::test]
+async fn mount_blob_from_another_repository() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let digest = push_blob(&app, "mount/src", b"mountable").await;
+    let reply = call(&app, Method::POST, &format!("/v2/mount/dst/blobs/uploads/?mount={digest}&from=mount/src")).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    let unmountable = Digest::sha256_of(b"elsewhere");
+    let reply =
+        call(&app, Method::POST, &format!("/v2/mount/dst/blobs/uploads/?mount={unmountable}&from=mount/src")).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+}
+
+/// "the registry SHOULD accept a manifest with a subject field even if the subject does not
+/// exist" and "the registry MUST include the OCI-Subject header in the response."
+#[actix_web::test]
+async fn push_manifest_with_subject_not_yet_present() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let empty = push_blob(&app, "push/subject", b"{}").await;
+    let subject = Digest::sha256_of(b"not pushed yet");
+    let body = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.example",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [],
+        "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": 100},
+    }))
+    .expect("json");
+    let reply = put_manifest(&app, "push/subject", Digest::sha256_of(&body).as_str(), OCI_MANIFEST, &body).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert_eq!(reply.header("oci-subject"), Some(subject.as_str()));
+    let referrers = call(&app, Method::GET, &format!("/v2/push/subject/referrers/{subject}")).await.json();
+    assert_eq!(referrers["manifests"][0]["artifactType"], json!("application/vnd.example"));
+}
+
+// --- Content discovery ----------------------------------------------------------------------
+
+/// "GET /v2/<name>/tags/list … MUST return 200 OK … `{"name": "<name>", "tags": [...]}` …
+/// the list MUST be in lexical order." "n … the response MUST include no more than <int>
+/// tags." "last … MUST be the tags after <tagname>." "a Link header MUST be set when more
+/// results exist … (RFC5988)".
+#[actix_web::test]
+async fn tags_list_order_and_pagination() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let digest = push_image(&app, "disc/tags", "c", 1).await;
+    let body = call(&app, Method::GET, &format!("/v2/disc/tags/manifests/{digest}")).await.body;
+    for tag in ["a", "b", "d"] {
+        put_manifest(&app, "disc/tags", tag, OCI_MANIFEST, &body).await;
+    }
+    let all = call(&app, Method::GET, "/v2/disc/tags/tags/list").await;
+    assert_eq!(all.json(), json!({"name": "disc/tags", "tags": ["a", "b", "c", "d"]}));
+    assert!(all.header("link").is_none());
+    let page = call(&app, Method::GET, "/v2/disc/tags/tags/list?n=2&last=a").await;
+    assert_eq!(page.json()["tags"], json!(["b", "c"]));
+    assert_eq!(page.header("link"), Some("</v2/disc/tags/tags/list?n=2&last=c>; rel=\"next\""));
+}
+
+/// "GET /v2/<name>/referrers/<digest> … MUST return a 200 OK with an image index … even if the
+/// subject does not exist" and, filtered by artifactType, "MUST include OCI-Filters-Applied".
+#[actix_web::test]
+async fn referrers_api() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    push_image(&app, "disc/refs", "v1", 1).await;
+    let reply =
+        call(&app, Method::GET, &format!("/v2/disc/refs/referrers/{}?artifactType=x", Digest::sha256_of(b"s"))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("content-type"), Some(OCI_INDEX));
+    assert_eq!(reply.header("oci-filters-applied"), Some("artifactType"));
+    assert_eq!(reply.json()["schemaVersion"], json!(2));
+}
+
+// --- Content management ---------------------------------------------------------------------
+
+/// "DELETE /v2/<name>/manifests/<tag> … the registry MUST respond with 202 Accepted" (tag
+/// deletion) and by digest "…MUST respond 202 Accepted. If the manifest does not exist, the
+/// registry MUST return 404."
+#[actix_web::test]
+async fn delete_tag_and_manifest() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let digest = push_image(&app, "mgmt/del", "v1", 1).await;
+    assert_eq!(call(&app, Method::DELETE, "/v2/mgmt/del/manifests/v1").await.status, StatusCode::ACCEPTED);
+    assert_eq!(call(&app, Method::GET, "/v2/mgmt/del/manifests/v1").await.status, StatusCode::NOT_FOUND);
+    let uri = format!("/v2/mgmt/del/manifests/{digest}");
+    assert_eq!(call(&app, Method::DELETE, &uri).await.status, StatusCode::ACCEPTED);
+    assert_eq!(call(&app, Method::GET, &uri).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(call(&app, Method::DELETE, &uri).await.status, StatusCode::NOT_FOUND);
+}
+
+/// "DELETE /v2/<name>/blobs/<digest> … If successful, the registry MUST respond with 202
+/// Accepted … If the blob is not found, a 404 Not Found code MUST be returned."
+#[actix_web::test]
+async fn delete_blob() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let digest = push_blob(&app, "mgmt/blob", b"bye").await;
+    let uri = format!("/v2/mgmt/blob/blobs/{digest}");
+    assert_eq!(call(&app, Method::DELETE, &uri).await.status, StatusCode::ACCEPTED);
+    assert_eq!(call(&app, Method::HEAD, &uri).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(call(&app, Method::DELETE, &uri).await.status, StatusCode::NOT_FOUND);
+}
+
+/// Error bodies: "The body of the response MUST be in the following format: {"errors": [{
+/// "code": "<error identifier>", "message": "<message describing condition>", "detail":
+/// "<unstructured>" }, …]}".
+#[actix_web::test]
+async fn error_bodies_have_code_message_detail() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    let reply = call(&app, Method::GET, "/v2/no/such/manifests/latest").await;
+    let error = &reply.json()["errors"][0];
+    assert!(error["code"].is_string() && error["message"].is_string());
+    assert!(error.as_object().is_some_and(|o| o.contains_key("detail")));
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+}

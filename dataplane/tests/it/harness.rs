@@ -1,0 +1,211 @@
+//! Test harness: a registry on a fresh database, its app service, and request helpers.
+
+use std::time::Duration;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::{Method, StatusCode};
+use actix_web::test::{self, TestRequest};
+use actix_web::web;
+use aerugo_dataplane::config::{RedirectMode, Settings};
+use aerugo_dataplane::{Registry, server};
+use aerugo_oci::Digest;
+use aerugo_storage::{AnyStore, FsStore, S3Config, S3Store};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// A registry under test: its database URL, the core, and what keeps its storage alive.
+pub struct TestRegistry {
+    pub database_url: String,
+    pub registry: web::Data<Registry>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn fresh_db() -> String {
+    aerugo_db::testing::fresh_database().await.expect("fresh test database (is Postgres running?)")
+}
+
+/// A registry on a fresh database with blobs in a temporary directory.
+pub async fn fs_registry() -> TestRegistry {
+    fs_registry_with(Settings { redirect: RedirectMode::Proxy, ..Settings::default() }).await
+}
+
+pub async fn fs_registry_with(settings: Settings) -> TestRegistry {
+    let database_url = fresh_db().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = AnyStore::Fs(FsStore::new(dir.path()).await.expect("fs store"));
+    let pool = aerugo_db::pool(&database_url, 8).expect("pool");
+    TestRegistry { database_url, registry: web::Data::new(Registry::new(pool, store, settings)), _dir: Some(dir) }
+}
+
+/// S3 settings from the environment `scripts/dev.sh test` sets up (a local Garage), with a
+/// bucket of the test's own; `None` when no S3 test server was configured.
+pub async fn s3_config() -> Option<S3Config> {
+    std::env::var("AERUGO_TEST_S3").ok()?;
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} must be set when AERUGO_TEST_S3 is"));
+    let config = S3Config {
+        endpoint: Some(var("AERUGO_S3_ENDPOINT")),
+        bucket: format!("t-{}", uuid::Uuid::new_v4().simple()),
+        region: var("AERUGO_S3_REGION"),
+        access_key_id: var("AERUGO_S3_ACCESS_KEY_ID"),
+        secret_access_key: var("AERUGO_S3_SECRET_ACCESS_KEY"),
+        path_style: true,
+    };
+    S3Store::new(&config).ensure_bucket().await.expect("create test bucket");
+    Some(config)
+}
+
+/// A registry on `database_url` whose blobs live in the S3 bucket of `config`.
+pub fn s3_registry(database_url: &str, config: &S3Config, redirect: RedirectMode) -> web::Data<Registry> {
+    let pool = aerugo_db::pool(database_url, 8).expect("pool");
+    let settings = Settings { redirect, presign_ttl: Duration::from_secs(60), ..Settings::default() };
+    web::Data::new(Registry::new(pool, AnyStore::S3(S3Store::new(config)), settings))
+}
+
+pub trait App: Service<actix_http::Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error> {}
+impl<S> App for S where S: Service<actix_http::Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error> {}
+
+/// The real application around `registry`, ready for requests.
+pub async fn app(registry: &web::Data<Registry>) -> impl App + use<> {
+    let service = test::init_service(server::app(registry.clone())).await;
+    BoxedApp { inner: service }
+}
+
+/// Adapts the app's concrete body type to `BoxBody` so helpers can be written once.
+pub struct BoxedApp<S> {
+    inner: S,
+}
+
+impl<S, B> Service<actix_http::Request> for BoxedApp<S>
+where
+    S: Service<actix_http::Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S::Future: 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = actix_web::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>>>>;
+
+    actix_web::dev::forward_ready!(inner);
+
+    fn call(&self, req: actix_http::Request) -> Self::Future {
+        let fut = self.inner.call(req);
+        Box::pin(async move { fut.await.map(|r| r.map_into_boxed_body()) })
+    }
+}
+
+/// A response read whole: status, headers and body.
+pub struct Reply {
+    pub status: StatusCode,
+    /// The length the response declares (what `Content-Length` says on the wire).
+    pub length: Option<u64>,
+    pub headers: actix_web::http::header::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The OCI error code of an error body.
+    pub fn error_code(&self) -> String {
+        let v = self.json();
+        let first = &v["errors"][0];
+        assert!(first["message"].is_string(), "error body lacks message: {v}");
+        first["code"].as_str().unwrap_or_else(|| panic!("no error code in {v}")).to_owned()
+    }
+}
+
+pub async fn send(app: &impl App, req: TestRequest) -> Reply {
+    let response = test::call_service(app, req.to_request()).await;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let length = match response.response().body().size() {
+        actix_web::body::BodySize::Sized(n) => Some(n),
+        _ => None,
+    };
+    let body = test::read_body(response).await;
+    Reply { status, length, headers, body }
+}
+
+pub async fn call(app: &impl App, method: Method, uri: &str) -> Reply {
+    send(app, TestRequest::default().method(method).uri(uri)).await
+}
+
+/// Uploads `data` monolithically (`POST ?digest=`) and returns its digest.
+pub async fn push_blob(app: &impl App, repo: &str, data: &[u8]) -> Digest {
+    let digest = Digest::sha256_of(data);
+    let reply = send(
+        app,
+        TestRequest::post()
+            .uri(&format!("/v2/{repo}/blobs/uploads/?digest={digest}"))
+            .insert_header(("content-type", "application/octet-stream"))
+            .set_payload(data.to_vec()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "blob push: {:?}", reply.body);
+    digest
+}
+
+/// An OCI image manifest over a config and layers already pushed.
+pub fn image_manifest(config: &(Digest, usize), layers: &[(Digest, usize)]) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config.0, "size": config.1},
+        "layers": layers.iter().map(|(d, s)| json!({"mediaType": OCI_LAYER, "digest": d, "size": s})).collect::<Vec<_>>(),
+    }))
+    .expect("json")
+}
+
+pub async fn put_manifest(app: &impl App, repo: &str, reference: &str, media_type: &str, body: &[u8]) -> Reply {
+    send(
+        app,
+        TestRequest::put()
+            .uri(&format!("/v2/{repo}/manifests/{reference}"))
+            .insert_header(("content-type", media_type))
+            .set_payload(body.to_vec()),
+    )
+    .await
+}
+
+/// Pushes a small image (config + one layer) tagged `tag`; returns the manifest digest.
+pub async fn push_image(app: &impl App, repo: &str, tag: &str, seed: u8) -> Digest {
+    let config = format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":{seed}}}").into_bytes();
+    let layer = vec![seed; 1000 + usize::from(seed)];
+    let c = push_blob(app, repo, &config).await;
+    let l = push_blob(app, repo, &layer).await;
+    let manifest = image_manifest(&(c, config.len()), &[(l, layer.len())]);
+    let reply = put_manifest(app, repo, tag, OCI_MANIFEST, &manifest).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "manifest push: {:?}", reply.body);
+    Digest::sha256_of(&manifest)
+}
+
+/// Starts an upload session; returns its Location.
+pub async fn start_upload(app: &impl App, repo: &str) -> String {
+    let reply = call(app, Method::POST, &format!("/v2/{repo}/blobs/uploads/")).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    reply.header("location").expect("location").to_owned()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        })
+        .collect()
+}

@@ -1,0 +1,150 @@
+//! End-to-end harness: runs the real `aerugo-dataplane` binary on a loopback port against a
+//! fresh database and real storage, and drives it with real clients (skopeo, oras).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where blobs go for a server under test.
+pub enum Storage {
+    /// A temporary directory.
+    File,
+    /// The Garage started by `scripts/dev.sh test` (its `AERUGO_S3_*` environment).
+    S3,
+}
+
+/// A data-plane process; killed when dropped.
+pub struct Server {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The `aerugo-dataplane` binary: `AERUGO_DATAPLANE_BIN`, else next to the test executable.
+pub fn dataplane_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("AERUGO_DATAPLANE_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap_or_else(|| panic!("no target dir above {exe:?}"));
+    profile_dir.join("aerugo-dataplane")
+}
+
+/// A fresh, migrated database for one test.
+pub async fn fresh_database() -> String {
+    aerugo_db::testing::fresh_database().await.unwrap_or_else(|e| panic!("fresh database (is Postgres running?): {e}"))
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("addr: {e}"))
+}
+
+impl Server {
+    /// Starts a node on `database_url` and waits until `/readyz` answers 200.
+    pub fn start(database_url: &str, storage: Storage) -> Server {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let host = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(dataplane_bin());
+        cmd.arg("serve")
+            .env("AERUGO_LISTEN", &host)
+            .env("AERUGO_DATABASE_URL", database_url)
+            .env("AERUGO_WORKERS", "2")
+            .env("AERUGO_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        match storage {
+            Storage::File => {
+                cmd.env("AERUGO_STORAGE", "file").env("AERUGO_STORAGE_PATH", dir.path().join("blobs"));
+            }
+            Storage::S3 => {
+                cmd.env("AERUGO_STORAGE", "s3").env("AERUGO_REDIRECT", "presign");
+            }
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {:?}: {e}", dataplane_bin()));
+        let server = Server { child, host, _dir: dir };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if http_status(&self.host, "GET", "/readyz") == Some(200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("data plane on {} never became ready", self.host);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status code of a bodyless request, or `None` if nothing answered.
+pub fn http_status(host: &str, method: &str, path: &str) -> Option<u16> {
+    let response = http_raw(host, method, path)?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The raw response (status line, headers, body) to a bodyless HTTP/1.0 request.
+pub fn http_raw(host: &str, method: &str, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// Runs a command, returning its output; panics with stderr if it fails.
+pub fn run(cmd: &mut Command) -> Output {
+    let output = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// `skopeo` with plain-HTTP registries allowed.
+pub fn skopeo(args: &[&str]) -> Output {
+    run(Command::new("skopeo").args(args))
+}
+
+/// Writes an OCI layout with `make_oci_layout.py`; returns the top manifest digest.
+pub fn oci_layout(dir: &Path, platforms: &str, layer_bytes: usize, seed: u32) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/make_oci_layout.py");
+    let out = run(Command::new("python3").arg(script).arg(dir).args([
+        "--platforms",
+        platforms,
+        "--layer-bytes",
+        &layer_bytes.to_string(),
+        "--seed",
+        &seed.to_string(),
+    ]));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Runs the oras Python client helper.
+pub fn oras(args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/oras_client.py");
+    let out = run(Command::new("python3").arg(script).args(args));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Raw manifest bytes of `reference` as skopeo sees them.
+pub fn raw_manifest(host: &str, reference: &str) -> serde_json::Value {
+    let out = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{host}/{reference}")]);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("manifest of {reference} is not JSON: {e}"))
+}

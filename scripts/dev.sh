@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Aerugo's developer entry point. On a fresh Debian machine with Rust it installs what is
+# missing (apt/pip/cargo), starts the services it needs and cleans up what it started.
+#
+#   ./scripts/dev.sh run    a working registry at http://127.0.0.1:5000 (AERUGO_LISTEN overrides),
+#                           in the foreground until Ctrl-C. AERUGO_STORAGE=s3 uses a local Garage.
+#   ./scripts/dev.sh test   every test: fmt, clippy, unit, HTTP, conformance, Postgres, Garage S3,
+#                           and real clients (skopeo, oras).
+#   ./scripts/dev.sh bench  the benchmark against CNCF Distribution (see bench/README.md).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STATE=$ROOT/.aerugo
+export PATH="$HOME/.cargo/bin:$PATH"
+# One target directory for the workspace, kept outside the checkout so fresh clones on the
+# same machine reuse the build.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/aerugo/target}
+PIDS=()
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -f "$STATE/pg/postmaster.pid" ] && [ -n "${PG_STARTED:-}" ]; then
+    pg_ctl_cmd stop -D "$STATE/pg" -m fast >/dev/null 2>&1 || true
+  fi
+  if [ -n "${GARAGE_STARTED:-}" ]; then "$ROOT/scripts/garage.sh" stop "$GARAGE_STARTED" || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+APT_UPDATED=
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  ((${#missing[@]})) || return 0
+  log "installing ${missing[*]}"
+  local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  [ -n "$APT_UPDATED" ] || { $sudo apt-get update -qq >&2; APT_UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+}
+
+pip_install() {
+  python3 -c "import $1" 2>/dev/null && return 0
+  log "installing $2 from PyPI"
+  python3 -m pip install -q "$2" >&2 || python3 -m pip install -q --break-system-packages "$2" >&2
+}
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+pg_ctl_cmd() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$(pg_bin)/pg_ctl" "$@"; else "$(pg_bin)/pg_ctl" "$@"; fi
+}
+
+# Postgres: the machine's on 127.0.0.1:5432 if it answers; else start the machine's cluster;
+# else a private cluster under .aerugo/pg on port 5433.
+ensure_postgres() {
+  apt_install postgresql-client
+  if pg_isready -q -h 127.0.0.1 -p 5432; then
+    export AERUGO_PG_ADMIN_URL=postgres://postgres@127.0.0.1:5432/postgres
+    return
+  fi
+  if command -v pg_ctlcluster >/dev/null && ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    log "starting the machine's PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start || true
+    for _ in $(seq 1 50); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 0.2; done
+    if pg_isready -q -h 127.0.0.1 -p 5432; then
+      export AERUGO_PG_ADMIN_URL=postgres://postgres@127.0.0.1:5432/postgres
+      return
+    fi
+  fi
+  apt_install postgresql
+  mkdir -p "$STATE"
+  if [ ! -f "$STATE/pg/PG_VERSION" ]; then
+    log "initialising a private PostgreSQL cluster in $STATE/pg"
+    mkdir -p "$STATE/pg"
+    [ "$(id -u)" = 0 ] && chown postgres "$STATE/pg"
+    if [ "$(id -u)" = 0 ]; then
+      runuser -u postgres -- "$(pg_bin)/initdb" -D "$STATE/pg" -U postgres --auth=trust >/dev/null
+    else
+      "$(pg_bin)/initdb" -D "$STATE/pg" -U postgres --auth=trust >/dev/null
+    fi
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p 5433; then
+    pg_ctl_cmd start -D "$STATE/pg" -l "$STATE/pg.log" -o "-p 5433 -k /tmp -c listen_addresses=127.0.0.1" -w >/dev/null
+    PG_STARTED=1
+  fi
+  export AERUGO_PG_ADMIN_URL=postgres://postgres@127.0.0.1:5433/postgres
+}
+
+# S3: a Garage on $1 with state in $2; exports the AERUGO_S3_* variables.
+ensure_garage() {
+  local port=$1 dir=$2
+  local env
+  env=$("$ROOT/scripts/garage.sh" start "$dir" "$port")
+  GARAGE_STARTED=$dir
+  while IFS= read -r line; do export "${line?}"; done <<<"$env"
+}
+
+build() {
+  log "building ($CARGO_TARGET_DIR)"
+  cargo build --workspace --bins "$@"
+}
+
+cmd_run() {
+  ensure_postgres
+  local db=aerugo_dev
+  psql -q "$AERUGO_PG_ADMIN_URL" -tc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
+    psql -q "$AERUGO_PG_ADMIN_URL" -c "CREATE DATABASE $db"
+  export AERUGO_DATABASE_URL=${AERUGO_DATABASE_URL:-${AERUGO_PG_ADMIN_URL%/*}/$db}
+  export AERUGO_LISTEN=${AERUGO_LISTEN:-127.0.0.1:5000}
+  if [ "${AERUGO_STORAGE:-file}" = s3 ]; then
+    ensure_garage 3900 "$STATE/garage"
+  else
+    export AERUGO_STORAGE=file AERUGO_STORAGE_PATH=${AERUGO_STORAGE_PATH:-$STATE/blobs}
+  fi
+  build --release
+  local bin=$CARGO_TARGET_DIR/release/aerugo-dataplane
+  "$bin" migrate
+  log "registry at http://$AERUGO_LISTEN (storage: $AERUGO_STORAGE) — Ctrl-C to stop"
+  "$bin" serve &
+  PIDS+=($!)
+  wait "${PIDS[@]}"
+}
+
+cmd_test() {
+  apt_install skopeo curl python3-pip
+  pip_install oras oras
+  command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+  ensure_postgres
+  export AERUGO_TEST_DATABASE_URL=$AERUGO_PG_ADMIN_URL
+  # Databases of earlier runs (tests create one each from a migrated template).
+  psql -q "$AERUGO_PG_ADMIN_URL" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'aerugo\_t\_%' OR datname LIKE 'aerugo\_tmpl\_%'" |
+    while read -r db; do psql -q "$AERUGO_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" >/dev/null; done
+  ensure_garage 3910 "$STATE/garage-test"
+  export AERUGO_TEST_S3=1
+  log "cargo fmt --check"
+  cargo fmt --all -- --check
+  log "cargo clippy"
+  cargo clippy --workspace --all-targets -- -D warnings
+  build
+  export AERUGO_DATAPLANE_BIN=$CARGO_TARGET_DIR/debug/aerugo-dataplane
+  log "cargo nextest"
+  cargo nextest run --workspace --no-fail-fast
+}
+
+case "${1:-}" in
+  run) cmd_run ;;
+  test) cmd_test ;;
+  bench) shift; exec "$ROOT/bench/run.sh" "$@" ;;
+  *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
+esac
