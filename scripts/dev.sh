@@ -124,7 +124,7 @@ cmd_run() {
 }
 
 cmd_test() {
-  apt_install skopeo curl python3-pip
+  apt_install skopeo podman buildah curl python3-pip
   pip_install oras oras
   command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
   ensure_postgres
@@ -144,9 +144,16 @@ cmd_test() {
   cargo nextest run --workspace --no-fail-fast
 }
 
+cmd_bench() {
+  apt_install docker-registry wrk apache2-utils skopeo curl
+  ensure_postgres
+  build --release
+  AERUGO_BIN=$CARGO_TARGET_DIR/release/aerugo-dataplane "$ROOT/bench/run.sh" "$@"
+}
+
 case "${1:-}" in
   run) cmd_run ;;
   test) cmd_test ;;
-  bench) shift; exec "$ROOT/bench/run.sh" "$@" ;;
+  bench) shift; cmd_bench "$@" ;;
   *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
 esac

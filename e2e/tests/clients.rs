@@ -240,3 +240,44 @@ fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(data))
 }
+
+/// podman and buildah with storage of their own (vfs, so no kernel overlay support is needed).
+fn container_tool(tool: &str, storage: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let root = storage.join("root");
+    let runroot = storage.join("run");
+    run(Command::new(tool)
+        .arg("--root")
+        .arg(&root)
+        .arg("--runroot")
+        .arg(&runroot)
+        .args(["--storage-driver", "vfs"])
+        .args(args))
+}
+
+#[tokio::test]
+async fn podman_and_buildah_pull_build_and_push() {
+    let server = Server::start(&fresh_database().await, Storage::File);
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src");
+    oci_layout(&src, "linux/amd64", 30_000, 7);
+    let base = format!("{}/base/image:v1", server.host);
+    skopeo(&["copy", "--dest-tls-verify=false", &format!("oci:{}:latest", src.display()), &format!("docker://{base}")]);
+    let storage = work.path().join("containers");
+
+    container_tool("podman", &storage, &["pull", "-q", "--tls-verify=false", &base]);
+    let copy = format!("{}/podman/copy:v1", server.host);
+    container_tool("podman", &storage, &["tag", &base, &copy]);
+    container_tool("podman", &storage, &["push", "-q", "--tls-verify=false", &copy]);
+    let pushed = raw_manifest(&server.host, "podman/copy:v1");
+    assert_eq!(pushed["layers"].as_array().map(Vec::len), Some(1));
+
+    let out = container_tool("buildah", &storage, &["from", "--tls-verify=false", &base]);
+    let container = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    container_tool("buildah", &storage, &["config", "--label", "built-by=aerugo-e2e", &container]);
+    container_tool("buildah", &storage, &["commit", "-q", &container, "built:v1"]);
+    let built = format!("docker://{}/buildah/built:v1", server.host);
+    container_tool("buildah", &storage, &["push", "-q", "--tls-verify=false", "built:v1", &built]);
+    let config = skopeo(&["inspect", "--tls-verify=false", "--config", &built]);
+    let config: serde_json::Value = serde_json::from_slice(&config.stdout).expect("config json");
+    assert_eq!(config["config"]["Labels"]["built-by"], "aerugo-e2e");
+}

@@ -31,12 +31,14 @@ impl Error {
         match self {
             Error::Pool(_) => true,
             Error::Postgres(e) => {
-                e.is_closed()
-                    || e.code().is_some_and(|c| {
-                        let c = c.code();
-                        c.starts_with("08") || c.starts_with("57P") || c == "53300"
-                    })
-                    || (e.code().is_none() && e.as_db_error().is_none())
+                let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+                // 08: connection exception; 57P: operator intervention (shutdown, restart);
+                // 53300: too many connections.
+                let class = e.code().is_some_and(|c| {
+                    let c = c.code();
+                    c.starts_with("08") || c.starts_with("57P") || c == "53300"
+                });
+                e.is_closed() || io || class
             }
             _ => false,
         }

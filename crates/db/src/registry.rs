@@ -133,12 +133,13 @@ pub enum BlobUnlink {
 }
 
 /// Returns the id of the organization `name`, creating it (owned by the system) if missing.
+/// Safe under concurrency: `DO UPDATE` returns the row a racing insert committed, where
+/// `DO NOTHING` plus a select would miss it (the select's snapshot predates that commit).
 pub async fn ensure_organization(client: &impl GenericClient, name: &str) -> Result<i64> {
     let stmt = client
         .prepare_cached(
-            "WITH ins AS (INSERT INTO organizations (name, managed_by) VALUES ($1, 'system')
-                          ON CONFLICT (name) DO NOTHING RETURNING id)
-             SELECT id FROM ins UNION ALL SELECT id FROM organizations WHERE name = $1 LIMIT 1",
+            "INSERT INTO organizations (name, managed_by) VALUES ($1, 'system')
+             ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
         )
         .await?;
     Ok(client.query_one(&stmt, &[&name]).await?.get(0))
@@ -152,17 +153,15 @@ pub async fn find_repository(client: &impl GenericClient, name: &str) -> Result<
     Ok(client.query_opt(&stmt, &[&name]).await?.map(Repository::from))
 }
 
-/// Returns the repository `name`, creating it in `org_id` if missing.
+/// Returns the repository `name`, creating it in `org_id` if missing (concurrency-safe, as
+/// [`ensure_organization`]).
 pub async fn ensure_repository(client: &impl GenericClient, org_id: i64, name: &str) -> Result<Repository> {
     let stmt = client
         .prepare_cached(
-            "WITH ins AS (
-                 INSERT INTO repositories (org_id, name, visibility, managed_by)
-                 SELECT $1, $2, o.default_visibility, 'api' FROM organizations o WHERE o.id = $1
-                 ON CONFLICT (name) DO NOTHING RETURNING id, org_id, name, visibility)
-             SELECT * FROM ins
-             UNION ALL SELECT id, org_id, name, visibility FROM repositories WHERE name = $2
-             LIMIT 1",
+            "INSERT INTO repositories (org_id, name, visibility, managed_by)
+             SELECT $1, $2, o.default_visibility, 'api' FROM organizations o WHERE o.id = $1
+             ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+             RETURNING id, org_id, name, visibility",
         )
         .await?;
     Ok(client.query_one(&stmt, &[&org_id, &name]).await?.into())
@@ -200,6 +199,27 @@ pub async fn repository_blob(client: &impl GenericClient, repository_id: i64, di
         digest: r.get(0),
         size: r.get(1),
         storage_key: r.get(2),
+    }))
+}
+
+/// Resolves repository `name` and, in the same round trip, the blob `digest` linked there:
+/// `None` when the repository does not exist, `Some(None)` when the blob is not linked.
+pub async fn blob_by_repository_name(
+    client: &impl GenericClient,
+    name: &str,
+    digest: &str,
+) -> Result<Option<Option<Blob>>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT b.digest, b.size, b.storage_key FROM repositories r
+             LEFT JOIN repository_blobs rb ON rb.repository_id = r.id AND rb.digest = $2
+             LEFT JOIN blobs b ON b.digest = rb.digest
+             WHERE r.name = $1 AND r.deleted_at IS NULL",
+        )
+        .await?;
+    Ok(client.query_opt(&stmt, &[&name, &digest]).await?.map(|r| {
+        let digest: Option<String> = r.get(0);
+        digest.map(|digest| Blob { digest, size: r.get(1), storage_key: r.get(2) })
     }))
 }
 
@@ -274,31 +294,30 @@ pub async fn manifest_ids(
     Ok(client.query(&stmt, &[&repository_id, &digests]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// The manifest with `digest` in the repository.
-pub async fn manifest_by_digest(
+/// Resolves repository `name` and, in the same round trip, the manifest `reference` (a tag when
+/// `by_tag`, else a digest): `None` when the repository does not exist, `Some(None)` when the
+/// manifest is not there.
+pub async fn manifest_by_repository_name(
     client: &impl GenericClient,
-    repository_id: i64,
-    digest: &str,
-) -> Result<Option<Manifest>> {
-    let stmt = client
-        .prepare_cached(
-            "SELECT id, digest, media_type, payload, subject_digest FROM manifests
-             WHERE repository_id = $1 AND digest = $2",
-        )
-        .await?;
-    Ok(client.query_opt(&stmt, &[&repository_id, &digest]).await?.map(Manifest::from))
-}
-
-/// The manifest `tag` points at in the repository.
-pub async fn manifest_by_tag(client: &impl GenericClient, repository_id: i64, tag: &str) -> Result<Option<Manifest>> {
-    let stmt = client
-        .prepare_cached(
-            "SELECT m.id, m.digest, m.media_type, m.payload, m.subject_digest
-             FROM tags t JOIN manifests m ON m.id = t.manifest_id
-             WHERE t.repository_id = $1 AND t.name = $2",
-        )
-        .await?;
-    Ok(client.query_opt(&stmt, &[&repository_id, &tag]).await?.map(Manifest::from))
+    name: &str,
+    reference: &str,
+    by_tag: bool,
+) -> Result<Option<Option<Manifest>>> {
+    let sql = if by_tag {
+        "SELECT m.id, m.digest, m.media_type, m.payload, m.subject_digest FROM repositories r
+         LEFT JOIN tags t ON t.repository_id = r.id AND t.name = $2
+         LEFT JOIN manifests m ON m.id = t.manifest_id
+         WHERE r.name = $1 AND r.deleted_at IS NULL"
+    } else {
+        "SELECT m.id, m.digest, m.media_type, m.payload, m.subject_digest FROM repositories r
+         LEFT JOIN manifests m ON m.repository_id = r.id AND m.digest = $2
+         WHERE r.name = $1 AND r.deleted_at IS NULL"
+    };
+    let stmt = client.prepare_cached(sql).await?;
+    Ok(client.query_opt(&stmt, &[&name, &reference]).await?.map(|r| {
+        let id: Option<i64> = r.get("id");
+        id.map(|_| Manifest::from(r))
+    }))
 }
 
 /// Stores a manifest and its references; returns its id. Re-pushing the same digest keeps the

@@ -1,7 +1,7 @@
 //! Blob reads and deletes. A blob is visible in a repository only through its link there.
 
+use aerugo_db::audit;
 use aerugo_db::registry::{self, Blob, BlobUnlink};
-use aerugo_db::{GenericClient, audit};
 use aerugo_oci::range::{RangeRequest, ReadRange, resolve_range};
 use aerugo_oci::{Digest, RepoName};
 use aerugo_storage::{BlobStore, ByteStream};
@@ -25,17 +25,14 @@ pub enum BlobBody {
 }
 
 impl Registry {
-    async fn linked_blob(&self, client: &impl GenericClient, name: &RepoName, digest: &Digest) -> Result<Blob> {
-        let repo = self.repository(client, name).await?;
-        registry::repository_blob(client, repo.id, digest.as_str())
-            .await?
-            .ok_or_else(|| RegistryError::BlobUnknown(digest.to_string()))
-    }
-
-    /// The blob `digest` of repository `name` (for HEAD).
+    /// The blob `digest` of repository `name` (for HEAD; one database round trip).
     pub async fn blob(&self, name: &RepoName, digest: &Digest) -> Result<Blob> {
         let client = self.client().await?;
-        self.linked_blob(&client, name, digest).await
+        match registry::blob_by_repository_name(&client, name.as_str(), digest.as_str()).await? {
+            None => Err(RegistryError::NameUnknown(name.to_string())),
+            Some(None) => Err(RegistryError::BlobUnknown(digest.to_string())),
+            Some(Some(blob)) => Ok(blob),
+        }
     }
 
     /// Reads a blob: a presigned redirect when configured and possible, else a stream.

@@ -30,15 +30,18 @@ impl From<registry::Manifest> for StoredManifest {
 }
 
 impl Registry {
-    /// The manifest `reference` of repository `name`.
+    /// The manifest `reference` of repository `name` (one database round trip).
     pub async fn manifest(&self, name: &RepoName, reference: &Reference) -> Result<StoredManifest> {
         let client = self.client().await?;
-        let repo = self.repository(&client, name).await?;
-        let found = match reference {
-            Reference::Tag(tag) => registry::manifest_by_tag(&client, repo.id, tag.as_str()).await?,
-            Reference::Digest(digest) => registry::manifest_by_digest(&client, repo.id, digest.as_str()).await?,
+        let (key, by_tag) = match reference {
+            Reference::Tag(tag) => (tag.as_str(), true),
+            Reference::Digest(digest) => (digest.as_str(), false),
         };
-        found.map(StoredManifest::from).ok_or_else(|| RegistryError::ManifestUnknown(reference.to_string()))
+        match registry::manifest_by_repository_name(&client, name.as_str(), key, by_tag).await? {
+            None => Err(RegistryError::NameUnknown(name.to_string())),
+            Some(None) => Err(RegistryError::ManifestUnknown(reference.to_string())),
+            Some(Some(found)) => Ok(found.into()),
+        }
     }
 
     /// Validates and stores a manifest, tagging it when `reference` is a tag. Returns its

@@ -502,3 +502,17 @@ async fn database_outage_is_503_with_retry_after() {
     assert_eq!(reply.header("retry-after"), Some("5"));
     assert_eq!(call(&app, Method::GET, "/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+#[actix_web::test]
+async fn concurrent_first_pushes_into_a_new_repository_all_succeed() {
+    let reg = fs_registry().await;
+    let app = app(&reg.registry).await;
+    // Clients push layers in parallel; the first requests race to create org and repository.
+    let blobs: Vec<Vec<u8>> = (0..8u64).map(|i| bytes_of(1000, i)).collect();
+    let pushes = blobs.iter().map(|data| push_blob(&app, "racing/new/repo", data));
+    let digests = futures_util::future::join_all(pushes).await;
+    for digest in digests {
+        let head = call(&app, Method::HEAD, &format!("/v2/racing/new/repo/blobs/{digest}")).await;
+        assert_eq!(head.status, StatusCode::OK);
+    }
+}

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Aerugo vs CNCF Distribution (Debian's docker-registry), same machine, same run.
+# Invoked by `./scripts/dev.sh bench`, which installs the tools, starts Postgres and builds the
+# release binary, then calls this with AERUGO_PG_ADMIN_URL and AERUGO_BIN set.
+#
+# Measures: manifest GET by tag and by digest, tags list (wrk), blob HEAD (ab -k: Debian's wrk
+# never completes HEAD responses that carry Content-Length), each at $CONNS connections for
+# $DURATION seconds; then a 1 GiB layer push to each registry (time and peak RSS) against the
+# disk's own write throughput (dd with fsync). Prints every figure and the Aerugo/Distribution
+# ratio; `--markdown FILE` also writes the table.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CONNS=${CONNS:-16}
+DURATION=${DURATION:-10}
+LAYER_MIB=${LAYER_MIB:-1024}
+MARKDOWN=
+[ "${1:-}" = --markdown ] && MARKDOWN=$2
+
+WORK=$(mktemp -d /var/tmp/aerugo-bench.XXXXXX)
+DIST_ADDR=127.0.0.1:5100
+AERUGO_ADDR=127.0.0.1:5200
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+# --- start both registries ---------------------------------------------------------------
+cat >"$WORK/distribution.yml" <<YML
+version: 0.1
+log: {level: error, accesslog: {disabled: true}}
+storage:
+  filesystem: {rootdirectory: $WORK/distribution}
+  delete: {enabled: true}
+http: {addr: $DIST_ADDR}
+YML
+docker-registry serve "$WORK/distribution.yml" >"$WORK/distribution.log" 2>&1 &
+DIST_PID=$!; PIDS+=("$DIST_PID")
+
+db=aerugo_bench
+psql -q "$AERUGO_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+export AERUGO_DATABASE_URL=${AERUGO_PG_ADMIN_URL%/*}/$db
+"$AERUGO_BIN" migrate >/dev/null 2>&1
+AERUGO_LOG=warn "$AERUGO_BIN" serve --listen "$AERUGO_ADDR" --storage file --storage-path "$WORK/aerugo" \
+  --redirect proxy >"$WORK/aerugo.log" 2>&1 &
+AERUGO_PID=$!; PIDS+=("$AERUGO_PID")
+wait_http "http://$DIST_ADDR/v2/"
+wait_http "http://$AERUGO_ADDR/v2/"
+
+# --- the same image in both --------------------------------------------------------------
+python3 "$ROOT/e2e/fixtures/make_oci_layout.py" "$WORK/image" --layer-bytes 2000000 >/dev/null
+ACCEPT="application/vnd.oci.image.manifest.v1+json"
+for addr in $DIST_ADDR $AERUGO_ADDR; do
+  skopeo copy -q --dest-tls-verify=false "oci:$WORK/image:latest" "docker://$addr/bench/app:v1" >/dev/null
+  curl -sf -H "Accept: $ACCEPT" "http://$addr/v2/bench/app/manifests/v1" >"$WORK/manifest.json"
+  for i in $(seq 1 100); do
+    curl -sf -o /dev/null -X PUT -H "Content-Type: $ACCEPT" --data-binary "@$WORK/manifest.json" \
+      "http://$addr/v2/bench/app/manifests/t$i"
+  done
+done
+DIGEST="sha256:$(sha256sum "$WORK/manifest.json" | cut -d' ' -f1)"
+LAYER=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["layers"][0]["digest"])' "$WORK/manifest.json")
+
+# --- request rates ------------------------------------------------------------------------
+# wrk_run ADDR PATH -> "req/s p99_ms"
+wrk_run() {
+  local out
+  out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H "Accept: $ACCEPT" "http://$1$2")
+  local rps p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")
+  local non2xx
+  non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$out")
+  [ -z "$non2xx" ] || { echo "wrk saw $non2xx non-2xx answers from $1$2" >&2; exit 1; }
+  echo "$rps $p99"
+}
+# ab_head ADDR PATH -> "req/s p99_ms"
+ab_head() {
+  local n=$((DURATION * 3000)) out
+  out=$(ab -q -k -i -c "$CONNS" -t "$DURATION" -n "$n" "http://$1$2" 2>&1)
+  local failed
+  failed=$(awk '/Failed requests/ {print $3}' <<<"$out")
+  [ "$failed" = 0 ] || { echo "ab saw $failed failed requests from $1$2" >&2; exit 1; }
+  echo "$(awk '/Requests per second/ {print $4}' <<<"$out") $(awk '$1=="99%" {print $2}' <<<"$out")"
+}
+
+ROWS=()
+row() { # name dist_rps dist_p99 aerugo_rps aerugo_p99
+  local ratio
+  ratio=$(awk -v a="$4" -v d="$2" 'BEGIN {printf "%.2f", a/d}')
+  printf '%-28s distribution %9.0f req/s p99 %7.2f ms | aerugo %9.0f req/s p99 %7.2f ms | ratio %sx\n' "$1" "$2" "$3" "$4" "$5" "$ratio"
+  ROWS+=("| $1 | $(printf %.0f "$2") | $3 | $(printf %.0f "$4") | $5 | **${ratio}×** |")
+}
+measure() { # name tool path
+  local d a
+  d=$($2 "$DIST_ADDR" "$3"); a=$($2 "$AERUGO_ADDR" "$3")
+  # shellcheck disable=SC2086
+  row "$1" $d $a
+}
+
+echo "== $CONNS connections, ${DURATION}s each, $(nproc) cores"
+measure "manifest GET by tag" wrk_run /v2/bench/app/manifests/v1
+measure "manifest GET by digest" wrk_run "/v2/bench/app/manifests/$DIGEST"
+measure "blob HEAD" ab_head "/v2/bench/app/blobs/$LAYER"
+measure "tags list (101 tags)" wrk_run /v2/bench/app/tags/list
+
+# --- 1 GiB layer push ---------------------------------------------------------------------
+head -c $((LAYER_MIB * 1024 * 1024)) /dev/urandom >"$WORK/layer.bin"
+LAYER_DIGEST="sha256:$(sha256sum "$WORK/layer.bin" | cut -d' ' -f1)"
+sync
+disk_start=$(date +%s.%N)
+dd if="$WORK/layer.bin" of="$WORK/dd.out" bs=1M conv=fsync status=none
+disk_secs=$(awk -v s="$disk_start" -v e="$(date +%s.%N)" 'BEGIN {print e-s}')
+rm -f "$WORK/dd.out"
+
+# push ADDR PID -> "seconds peak_rss_mib"
+push_layer() {
+  local addr=$1 pid=$2 location start end
+  location=$(curl -sf -o /dev/null -D - -X POST "http://$addr/v2/big/layer/blobs/uploads/" | awk -F': ' 'tolower($1)=="location" {print $2}' | tr -d '\r')
+  case "$location" in http*) ;; *) location="http://$addr$location" ;; esac
+  start=$(date +%s.%N)
+  location=$(curl -sf -o /dev/null -D - -X PATCH -H "Content-Type: application/octet-stream" -H "Expect:" \
+    -T "$WORK/layer.bin" "$location" | awk -F': ' 'tolower($1)=="location" {print $2}' | tr -d '\r')
+  case "$location" in http*) ;; *) location="http://$addr$location" ;; esac
+  case "$location" in *\?*) location="$location&digest=$LAYER_DIGEST" ;; *) location="$location?digest=$LAYER_DIGEST" ;; esac
+  curl -sf -o /dev/null -X PUT "$location"
+  end=$(date +%s.%N)
+  local hwm
+  hwm=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$pid/status")
+  echo "$(awk -v s="$start" -v e="$end" 'BEGIN {print e-s}') $hwm"
+}
+read -r dsecs drss < <(push_layer "$DIST_ADDR" "$DIST_PID")
+read -r asecs arss < <(push_layer "$AERUGO_ADDR" "$AERUGO_PID")
+mibps() { awk -v s="$1" -v m="$LAYER_MIB" 'BEGIN {printf "%.0f", m/s}'; }
+disk=$(mibps "$disk_secs"); dmb=$(mibps "$dsecs"); amb=$(mibps "$asecs")
+vs_disk=$(awk -v a="$amb" -v d="$disk" 'BEGIN {printf "%.2f", a/d}')
+push_ratio=$(awk -v a="$amb" -v d="$dmb" 'BEGIN {printf "%.2f", a/d}')
+echo "== ${LAYER_MIB} MiB layer push (streamed PATCH + PUT), disk write with fsync: $disk MiB/s"
+printf 'distribution %6.1f s %5s MiB/s peak RSS %6s MiB | aerugo %6.1f s %5s MiB/s peak RSS %6s MiB | aerugo/disk %sx, aerugo/distribution %sx\n' \
+  "$dsecs" "$dmb" "$drss" "$asecs" "$amb" "$arss" "$vs_disk" "$push_ratio"
+
+if [ -n "$MARKDOWN" ]; then
+  {
+    echo "| $CONNS connections, ${DURATION}s | Distribution req/s | p99 ms | Aerugo req/s | p99 ms | Aerugo/Distribution |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "| ${LAYER_MIB} MiB layer push | seconds | MiB/s | peak RSS MiB |"
+    echo "|---|---|---|---|"
+    echo "| disk (dd, fsync) | $disk_secs | $disk | |"
+    echo "| Distribution | $dsecs | $dmb | $drss |"
+    echo "| Aerugo | $asecs | $amb | $arss |"
+    echo
+    echo "Aerugo push throughput / disk write throughput: **${vs_disk}×**; Aerugo / Distribution: ${push_ratio}×."
+  } >"$MARKDOWN"
+fi
