@@ -131,10 +131,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let (repo, upload) = self.session(name, id).await?;
-        self.check_range(name, &upload, range)?;
-        let written = self.resume(&upload, body).await?;
-        check_length(&upload, range, written.received)?;
+        let (repo, upload, written) = self.receive(name, id, range, body).await?;
         let (state, pending) = written.writer.pause().await?;
         let saved = uploads::Upload {
             received_bytes: i64::try_from(written.received).map_err(|_| too_large())?,
@@ -165,10 +162,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let (repo, upload) = self.session(name, id).await?;
-        self.check_range(name, &upload, range)?;
-        let written = self.resume(&upload, body).await?;
-        check_length(&upload, range, written.received)?;
+        let (repo, upload, written) = self.receive(name, id, range, body).await?;
         let client = self.client().await?;
         if !uploads::finish(&client, id, upload.version).await? {
             return Err(RegistryError::BlobUploadUnknown);
@@ -240,14 +234,27 @@ impl Registry {
         }
     }
 
-    async fn resume<S, E>(&self, upload: &uploads::Upload, body: S) -> Result<Written<aerugo_storage::AnyWriter>>
+    /// Loads session `id`, checks the chunk starts where the session stands, and streams the
+    /// body into it; the caller then records (PATCH) or publishes (PUT) what was written.
+    async fn receive<S, E>(
+        &self,
+        name: &RepoName,
+        id: Uuid,
+        range: Option<ChunkRange>,
+        body: S,
+    ) -> Result<(Repository, uploads::Upload, Written<aerugo_storage::AnyWriter>)>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
+        let (repo, upload) = self.session(name, id).await?;
+        self.check_range(name, &upload, range)?;
         let hasher = ResumableSha256::from_state(&upload.hash_state)
             .map_err(|e| RegistryError::Internal(format!("upload {}: {e}", upload.id)))?;
-        self.write_body(upload.id, store_state(upload)?, upload.pending.clone(), hasher, offset(upload), body).await
+        let (state, pending) = (store_state(&upload)?, upload.pending.clone());
+        let written = self.write_body(upload.id, state, pending, hasher, offset(&upload), body).await?;
+        check_length(&upload, range, written.received)?;
+        Ok((repo, upload, written))
     }
 
     /// Streams `body` into the upload's storage while hashing it; nothing is held whole.
