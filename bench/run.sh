@@ -144,6 +144,46 @@ echo "== ${LAYER_MIB} MiB layer push (streamed PATCH + PUT), disk write with fsy
 printf 'distribution %6.1f s %5s MiB/s peak RSS %6s MiB | aerugo %6.1f s %5s MiB/s peak RSS %6s MiB | aerugo/disk %sx, aerugo/distribution %sx\n' \
   "$dsecs" "$dmb" "$drss" "$asecs" "$amb" "$arss" "$vs_disk" "$push_ratio"
 
+# --- the same push against S3 (Garage), when dev.sh started one ----------------------------
+S3_ROWS=()
+if [ -n "${AERUGO_S3_ENDPOINT:-}" ]; then
+  S3_ADDR=127.0.0.1:5300
+  s3db=aerugo_bench_s3
+  psql -q "$AERUGO_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $s3db" -c "CREATE DATABASE $s3db" >/dev/null
+  AERUGO_DATABASE_URL=${AERUGO_PG_ADMIN_URL%/*}/$s3db "$AERUGO_BIN" migrate >/dev/null 2>&1
+  AERUGO_DATABASE_URL=${AERUGO_PG_ADMIN_URL%/*}/$s3db AERUGO_LOG=warn "$AERUGO_BIN" serve --listen "$S3_ADDR" \
+    --storage s3 --redirect presign >"$WORK/aerugo-s3.log" 2>&1 &
+  S3_PID=$!; PIDS+=("$S3_PID")
+  wait_http "http://$S3_ADDR/v2/"
+  # Garage's own throughput for the same file: boto3's managed multipart upload (8 MiB parts,
+  # 10 parts in flight), straight to the bucket.
+  raw_secs=$(python3 - "$WORK/layer.bin" <<'PY'
+import os, sys, time, boto3
+from boto3.s3.transfer import TransferConfig
+s3 = boto3.client("s3", endpoint_url=os.environ["AERUGO_S3_ENDPOINT"], region_name=os.environ["AERUGO_S3_REGION"],
+                  aws_access_key_id=os.environ["AERUGO_S3_ACCESS_KEY_ID"],
+                  aws_secret_access_key=os.environ["AERUGO_S3_SECRET_ACCESS_KEY"])
+start = time.monotonic()
+s3.upload_file(sys.argv[1], os.environ["AERUGO_S3_BUCKET"], "bench/raw-layer", Config=TransferConfig(multipart_chunksize=8 << 20))
+print(f"{time.monotonic() - start:.2f}")
+s3.delete_object(Bucket=os.environ["AERUGO_S3_BUCKET"], Key="bench/raw-layer")
+PY
+)
+  read -r s3secs s3rss < <(push_layer "$S3_ADDR" "$S3_PID")
+  raw=$(mibps "$raw_secs"); s3mb=$(mibps "$s3secs")
+  s3_vs_raw=$(awk -v a="$s3mb" -v d="$raw" 'BEGIN {printf "%.2f", a/d}')
+  redirect=$(curl -s -o /dev/null -w '%{http_code} %{size_header} %{size_download}' "http://$S3_ADDR/v2/big/layer/blobs/$LAYER_DIGEST")
+  echo "== ${LAYER_MIB} MiB layer push to S3 (Garage on loopback)"
+  printf 'garage direct (boto3 multipart) %6.1f s %5s MiB/s | aerugo %6.1f s %5s MiB/s peak RSS %6s MiB | aerugo/garage %sx\n' \
+    "$raw_secs" "$raw" "$s3secs" "$s3mb" "$s3rss" "$s3_vs_raw"
+  read -r code hbytes bbytes <<<"$redirect"
+  echo "presigned blob GET: HTTP $code, $hbytes header bytes, $bbytes body bytes"
+  S3_ROWS=("| Garage direct (boto3 multipart, 10 parts in flight) | $raw_secs | $raw | |"
+    "| Aerugo on Garage | $s3secs | $s3mb | $s3rss |"
+    ""
+    "Aerugo on S3 / Garage direct: **${s3_vs_raw}×**. A presigned blob GET costs the node one response: HTTP $code, $hbytes header bytes, $bbytes body bytes.")
+fi
+
 if [ -n "$MARKDOWN" ]; then
   {
     echo "| $CONNS connections, ${DURATION}s | Distribution req/s | p99 ms | Aerugo req/s | p99 ms | Aerugo/Distribution |"
@@ -157,5 +197,11 @@ if [ -n "$MARKDOWN" ]; then
     echo "| Aerugo | $asecs | $amb | $arss |"
     echo
     echo "Aerugo push throughput / disk write throughput: **${vs_disk}×**; Aerugo / Distribution: ${push_ratio}×."
+    if ((${#S3_ROWS[@]})); then
+      echo
+      echo "| ${LAYER_MIB} MiB layer push to S3 | seconds | MiB/s | peak RSS MiB |"
+      echo "|---|---|---|---|"
+      printf '%s\n' "${S3_ROWS[@]}"
+    fi
   } >"$MARKDOWN"
 fi

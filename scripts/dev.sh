@@ -145,8 +145,10 @@ cmd_test() {
 }
 
 cmd_bench() {
-  apt_install docker-registry wrk apache2-utils skopeo curl
+  apt_install docker-registry wrk apache2-utils skopeo curl python3-pip
+  pip_install boto3 boto3
   ensure_postgres
+  ensure_garage 3920 "$STATE/garage-bench"
   build --release
   AERUGO_BIN=$CARGO_TARGET_DIR/release/aerugo-dataplane "$ROOT/bench/run.sh" "$@"
 }
