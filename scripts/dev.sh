@@ -22,9 +22,7 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ -f "$STATE/pg/postmaster.pid" ] && [ -n "${PG_STARTED:-}" ]; then
-    pg_ctl_cmd stop -D "$STATE/pg" -m fast >/dev/null 2>&1 || true
-  fi
+  if [ -n "${PG_STARTED:-}" ]; then pg_ctl_cmd stop -D "$PG_STARTED" -m fast >/dev/null 2>&1 || true; fi
   if [ -n "${GARAGE_STARTED:-}" ]; then "$ROOT/scripts/garage.sh" stop "$GARAGE_STARTED" || true; fi
 }
 trap cleanup EXIT
@@ -70,20 +68,29 @@ ensure_postgres() {
     fi
   fi
   apt_install postgresql
-  mkdir -p "$STATE"
-  if [ ! -f "$STATE/pg/PG_VERSION" ]; then
-    log "initialising a private PostgreSQL cluster in $STATE/pg"
-    mkdir -p "$STATE/pg"
-    [ "$(id -u)" = 0 ] && chown postgres "$STATE/pg"
+  # As root the cluster runs as the postgres user, which must reach its data directory; a
+  # checkout under a private home (e.g. /root) falls back to /var/tmp.
+  local pgdata=$STATE/pg
+  mkdir -p "$pgdata"
+  if [ "$(id -u)" = 0 ]; then
+    chown postgres "$pgdata"
+    if ! runuser -u postgres -- test -w "$pgdata"; then
+      pgdata=/var/tmp/aerugo-pg
+      mkdir -p "$pgdata" && chown postgres "$pgdata"
+    fi
+  fi
+  if [ ! -f "$pgdata/PG_VERSION" ]; then
+    log "initialising a private PostgreSQL cluster in $pgdata"
     if [ "$(id -u)" = 0 ]; then
-      runuser -u postgres -- "$(pg_bin)/initdb" -D "$STATE/pg" -U postgres --auth=trust >/dev/null
+      runuser -u postgres -- "$(pg_bin)/initdb" -D "$pgdata" -U postgres --auth=trust >/dev/null
     else
-      "$(pg_bin)/initdb" -D "$STATE/pg" -U postgres --auth=trust >/dev/null
+      "$(pg_bin)/initdb" -D "$pgdata" -U postgres --auth=trust >/dev/null
     fi
   fi
   if ! pg_isready -q -h 127.0.0.1 -p 5433; then
-    pg_ctl_cmd start -D "$STATE/pg" -l "$STATE/pg.log" -o "-p 5433 -k /tmp -c listen_addresses=127.0.0.1" -w >/dev/null
-    PG_STARTED=1
+    log "starting the private PostgreSQL cluster on 127.0.0.1:5433"
+    pg_ctl_cmd start -D "$pgdata" -l "$pgdata/server.log" -o "-p 5433 -k /tmp -c listen_addresses=127.0.0.1" -w >/dev/null
+    PG_STARTED=$pgdata
   fi
   export AERUGO_PG_ADMIN_URL=postgres://postgres@127.0.0.1:5433/postgres
 }
