@@ -516,3 +516,24 @@ async fn concurrent_first_pushes_into_a_new_repository_all_succeed() {
         assert_eq!(head.status, StatusCode::OK);
     }
 }
+
+#[actix_web::test]
+async fn locations_use_the_public_url_when_configured() {
+    let settings = aerugo_dataplane::config::Settings {
+        public_url: Some("https://registry.example.test".into()),
+        ..aerugo_dataplane::config::Settings::default()
+    };
+    let reg = fs_registry_with(settings).await;
+    let app = app(&reg.registry).await;
+    let location = start_upload(&app, "pub").await;
+    assert!(location.starts_with("https://registry.example.test/v2/pub/blobs/uploads/"), "{location}");
+    let digest = push_blob(&app, "pub", b"x").await;
+    let config = b"{}".to_vec();
+    let c = push_blob(&app, "pub", &config).await;
+    let reply = put_manifest(&app, "pub", "v1", OCI_MANIFEST, &image_manifest(&(c, 2), &[(digest, 1)])).await;
+    assert!(
+        reply
+            .header("location")
+            .is_some_and(|l| l.starts_with("https://registry.example.test/v2/pub/manifests/sha256:"))
+    );
+}
