@@ -75,7 +75,15 @@ impl BlobStore for FsStore {
 
     async fn resume_upload(&self, id: Uuid, state: UploadState, pending: Vec<u8>) -> Result<FsWriter> {
         let path = self.upload_path(id);
-        let mut file = OpenOptions::new().create(true).write(true).truncate(false).open(&path).await?;
+        let file = OpenOptions::new().create(true).write(true).truncate(false).open(&path).await?.into_std().await;
+        // One writer per upload at a time: two racing chunks would write the same region, and
+        // only one of them can be recorded. The lock goes with the file handle (or the process).
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::Busy(id)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
+        let mut file = File::from_std(file);
         let on_disk = file.metadata().await?.len();
         if on_disk < state.written {
             return Err(Error::CorruptState(format!(
@@ -99,6 +107,11 @@ impl BlobStore for FsStore {
         writer.file.get_ref().sync_all().await?;
         let key = blob_key(digest);
         let target = self.object_path(&key)?;
+        if fs::try_exists(&target).await? {
+            // Content-addressed: the stored copy already holds these bytes; never overwrite it.
+            fs::remove_file(&writer.path).await?;
+            return Ok(key);
+        }
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).await?;
         }
@@ -189,6 +202,25 @@ mod tests {
         assert_eq!(store.size(&key).await.expect("size"), Some(11));
         store.delete(&key).await.expect("delete");
         assert_eq!(store.size(&key).await.expect("size"), None);
+    }
+
+    #[tokio::test]
+    async fn one_writer_per_upload_and_existing_blobs_are_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStore::new(dir.path()).await.expect("store");
+        let id = Uuid::new_v4();
+        let mut first = store.resume_upload(id, UploadState::default(), Vec::new()).await.expect("open");
+        assert!(matches!(store.resume_upload(id, UploadState::default(), Vec::new()).await, Err(Error::Busy(_))));
+        first.write(Bytes::from_static(b"good")).await.expect("write");
+        let digest = Digest::sha256_of(b"good");
+        let key = store.complete_upload(first, &digest).await.expect("complete");
+
+        // A second upload claiming the same digest cannot replace the stored bytes.
+        let other = Uuid::new_v4();
+        let mut w = store.resume_upload(other, UploadState::default(), Vec::new()).await.expect("open");
+        w.write(Bytes::from_static(b"evil")).await.expect("write");
+        store.complete_upload(w, &digest).await.expect("complete");
+        assert_eq!(read_all(&store, &key, None).await, b"good");
     }
 
     #[tokio::test]

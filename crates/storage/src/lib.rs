@@ -39,6 +39,9 @@ pub enum Error {
     /// The object does not exist.
     #[error("object not found: {0}")]
     NotFound(String),
+    /// Another request is writing the same upload right now.
+    #[error("upload {0} is being written by another request")]
+    Busy(Uuid),
     /// Persisted upload state does not fit this backend.
     #[error("corrupt upload state: {0}")]
     CorruptState(String),

@@ -192,6 +192,23 @@ impl S3Store {
     }
 }
 
+impl S3Store {
+    /// Aborts the multipart upload (if any) at `key` and deletes whatever object sits there.
+    async fn abort_upload_key(&self, key: &str, multipart_id: Option<&str>) -> Result<()> {
+        if let Some(upload_id) = multipart_id {
+            let aborted =
+                self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(upload_id).send().await;
+            match aborted {
+                Err(e) if !is_not_found(&e) && e.as_service_error().and_then(|s| s.code()) != Some("NoSuchUpload") => {
+                    return Err(s3_error("AbortMultipartUpload", e));
+                }
+                _ => {}
+            }
+        }
+        self.delete(key).await
+    }
+}
+
 /// One request's worth of an S3 upload: a buffer below the part size and at most one part in
 /// flight.
 pub struct S3Writer {
@@ -298,6 +315,11 @@ impl BlobStore for S3Store {
     async fn complete_upload(&self, mut writer: S3Writer, digest: &Digest) -> Result<String> {
         writer.settle().await?;
         let key = blob_key(digest);
+        if self.size(&key).await?.is_some() {
+            // Content-addressed: the stored copy already holds these bytes; never overwrite it.
+            self.abort_upload_key(&writer.key, writer.state.multipart_id.as_deref()).await?;
+            return Ok(key);
+        }
         let Some(upload_id) = writer.state.multipart_id.clone() else {
             // Below one part: a single PUT straight to the content-addressed key.
             self.client
@@ -331,9 +353,7 @@ impl BlobStore for S3Store {
             .send()
             .await
             .map_err(|e| s3_error("CompleteMultipartUpload", e))?;
-        if self.size(&key).await? != Some(writer.state.written) {
-            self.copy(&writer.key, &key, writer.state.written).await?;
-        }
+        self.copy(&writer.key, &key, writer.state.written).await?;
         self.delete(&writer.key).await?;
         Ok(key)
     }

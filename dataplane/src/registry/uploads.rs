@@ -7,7 +7,7 @@ use aerugo_db::registry::Repository;
 use aerugo_db::{audit, registry, uploads};
 use aerugo_oci::range::ChunkRange;
 use aerugo_oci::{Digest, RepoName, ResumableSha256};
-use aerugo_storage::{BlobStore, UploadState, UploadWriter};
+use aerugo_storage::{AnyWriter, BlobStore, UploadState, UploadWriter};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
@@ -78,8 +78,8 @@ impl Registry {
         drop(client);
         if let Some((digest, body)) = monolithic {
             let id = Uuid::new_v4();
-            let written =
-                self.write_body(id, UploadState::default(), Vec::new(), ResumableSha256::new(), 0, body).await?;
+            let writer = self.store.resume_upload(id, UploadState::default(), Vec::new()).await?;
+            let written = write_body(writer, ResumableSha256::new(), 0, body).await?;
             self.publish(&repo, id, written, &digest).await?;
             return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
         }
@@ -242,7 +242,7 @@ impl Registry {
         id: Uuid,
         range: Option<ChunkRange>,
         body: S,
-    ) -> Result<(Repository, uploads::Upload, Written<aerugo_storage::AnyWriter>)>
+    ) -> Result<(Repository, uploads::Upload, Written<AnyWriter>)>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
@@ -252,44 +252,20 @@ impl Registry {
         let hasher = ResumableSha256::from_state(&upload.hash_state)
             .map_err(|e| RegistryError::Internal(format!("upload {}: {e}", upload.id)))?;
         let (state, pending) = (store_state(&upload)?, upload.pending.clone());
-        let written = self.write_body(upload.id, state, pending, hasher, offset(&upload), body).await?;
+        let writer = match self.store.resume_upload(upload.id, state, pending).await {
+            // A concurrent chunk holds the session: answer as for any chunk that does not start
+            // where the session stands, with the session intact.
+            Err(aerugo_storage::Error::Busy(_)) => return Err(self.range_mismatch(name, &upload)),
+            other => other?,
+        };
+        let written = write_body(writer, hasher, offset(&upload), body).await?;
         check_length(&upload, range, written.received)?;
         Ok((repo, upload, written))
     }
 
-    /// Streams `body` into the upload's storage while hashing it; nothing is held whole.
-    async fn write_body<S, E>(
-        &self,
-        id: Uuid,
-        state: UploadState,
-        pending: Vec<u8>,
-        mut hasher: ResumableSha256,
-        mut received: u64,
-        mut body: S,
-    ) -> Result<Written<aerugo_storage::AnyWriter>>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Unpin,
-        E: Display,
-    {
-        let mut writer = self.store.resume_upload(id, state, pending).await?;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| RegistryError::BlobUploadInvalid(format!("reading request body: {e}")))?;
-            hasher.update(&chunk);
-            received += chunk.len() as u64;
-            writer.write(chunk).await?;
-        }
-        Ok(Written { hasher, writer, received })
-    }
-
     /// Verifies the content against `digest` and makes the blob visible in `repo`; on a
     /// mismatch the upload's storage is released and nothing becomes visible.
-    async fn publish(
-        &self,
-        repo: &Repository,
-        id: Uuid,
-        written: Written<aerugo_storage::AnyWriter>,
-        digest: &Digest,
-    ) -> Result<()> {
+    async fn publish(&self, repo: &Repository, id: Uuid, written: Written<AnyWriter>, digest: &Digest) -> Result<()> {
         let computed = written.hasher.finish();
         if &computed != digest {
             let (state, _) = written.writer.pause().await?;
@@ -307,6 +283,26 @@ impl Registry {
         tracing::debug!(repo = %repo.name, %digest, size_bytes = size, "blob stored");
         Ok(())
     }
+}
+
+/// Streams `body` into the upload's storage while hashing it; nothing is held whole.
+async fn write_body<S, E>(
+    mut writer: AnyWriter,
+    mut hasher: ResumableSha256,
+    mut received: u64,
+    mut body: S,
+) -> Result<Written<AnyWriter>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Display,
+{
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| RegistryError::BlobUploadInvalid(format!("reading request body: {e}")))?;
+        hasher.update(&chunk);
+        received += chunk.len() as u64;
+        writer.write(chunk).await?;
+    }
+    Ok(Written { hasher, writer, received })
 }
 
 fn offset(upload: &uploads::Upload) -> u64 {

@@ -104,3 +104,23 @@ async fn digest_mismatch_and_cancel_release_multipart_storage() {
     assert_eq!(store.list_keys("").await.expect("list"), Vec::<String>::new());
     assert_eq!(store.multipart_uploads().await.expect("list"), Vec::<String>::new());
 }
+
+#[actix_web::test]
+async fn a_blob_pushed_twice_is_stored_once_and_its_second_upload_released() {
+    let config = require_s3!();
+    let db = fresh_db().await;
+    let app = app(&s3_registry(&db, &config, RedirectMode::Proxy)).await;
+    let data = bytes_of(6 * 1024 * 1024, 14);
+    let digest = Digest::sha256_of(&data);
+    for repo in ["s3/first", "s3/second"] {
+        let location = start_upload(&app, repo).await;
+        let reply = send(&app, TestRequest::patch().uri(&location).set_payload(data.clone())).await;
+        let location = reply.header("location").expect("location").to_owned();
+        assert_eq!(call(&app, Method::PUT, &format!("{location}?digest={digest}")).await.status, StatusCode::CREATED);
+        let pulled = call(&app, Method::GET, &format!("/v2/{repo}/blobs/{digest}")).await;
+        assert_eq!(Digest::sha256_of(&pulled.body), digest);
+    }
+    let store = aerugo_storage::S3Store::new(&config);
+    assert_eq!(store.list_keys("").await.expect("list"), vec![aerugo_storage::blob_key(&digest)]);
+    assert_eq!(store.multipart_uploads().await.expect("list"), Vec::<String>::new());
+}
