@@ -1,0 +1,203 @@
+//! The permission model: the actions a caller holds on a repository, from its organization
+//! role, repository grants, site-admin flag and the repository's visibility; and whether a push
+//! may create a repository. API keys then narrow this with their scopes.
+
+use std::str::FromStr;
+
+use crate::Actions;
+use crate::apikey::CompiledScopes;
+
+/// A member's role in an organization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrgRole {
+    /// Everything, including membership and deletion.
+    Owner,
+    /// Everything on the organization's repositories.
+    Admin,
+    /// Pull and push.
+    Member,
+    /// Pull only.
+    Viewer,
+}
+
+/// Access a repository grant gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantAccess {
+    /// Pull.
+    Pull,
+    /// Pull and push.
+    Push,
+    /// Pull and delete.
+    Delete,
+    /// Everything.
+    Admin,
+}
+
+/// Who may pull a repository without a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Only members and grantees.
+    Private,
+    /// Anyone may pull, anonymous callers included; pushing still needs rights.
+    Public,
+}
+
+/// A stored value that is not one of the known names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {0} {1:?}")]
+pub struct UnknownName(&'static str, String);
+
+impl FromStr for OrgRole {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "owner" => Ok(OrgRole::Owner),
+            "admin" => Ok(OrgRole::Admin),
+            "member" => Ok(OrgRole::Member),
+            "viewer" => Ok(OrgRole::Viewer),
+            other => Err(UnknownName("role", other.to_owned())),
+        }
+    }
+}
+
+impl FromStr for GrantAccess {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pull" => Ok(GrantAccess::Pull),
+            "push" => Ok(GrantAccess::Push),
+            "delete" => Ok(GrantAccess::Delete),
+            "admin" => Ok(GrantAccess::Admin),
+            other => Err(UnknownName("grant access", other.to_owned())),
+        }
+    }
+}
+
+impl FromStr for Visibility {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "private" => Ok(Visibility::Private),
+            "public" => Ok(Visibility::Public),
+            other => Err(UnknownName("visibility", other.to_owned())),
+        }
+    }
+}
+
+/// An authenticated caller's standing towards one repository.
+#[derive(Debug, Clone, Default)]
+pub struct Standing {
+    /// Site administrators may do anything anywhere.
+    pub site_admin: bool,
+    /// The caller's role in the repository's organization, if a member.
+    pub org_role: Option<OrgRole>,
+    /// Grants on the repository naming the caller (user or API key).
+    pub grants: Vec<GrantAccess>,
+}
+
+fn role_actions(role: OrgRole) -> Actions {
+    match role {
+        OrgRole::Owner | OrgRole::Admin => Actions::ALL,
+        OrgRole::Member => Actions::PULL_PUSH,
+        OrgRole::Viewer => Actions::PULL,
+    }
+}
+
+fn grant_actions(grant: GrantAccess) -> Actions {
+    match grant {
+        GrantAccess::Pull => Actions::PULL,
+        GrantAccess::Push => Actions::PULL_PUSH,
+        GrantAccess::Delete => Actions::PULL.with(crate::Action::Delete),
+        GrantAccess::Admin => Actions::ALL,
+    }
+}
+
+/// Actions `caller` (`None`: anonymous) holds on an existing repository.
+pub fn repository_actions(visibility: Visibility, caller: Option<&Standing>) -> Actions {
+    let public = if visibility == Visibility::Public { Actions::PULL } else { Actions::NONE };
+    let Some(standing) = caller else { return public };
+    if standing.site_admin {
+        return Actions::ALL;
+    }
+    let from_role = standing.org_role.map_or(Actions::NONE, role_actions);
+    standing.grants.iter().fold(public.union(from_role), |acc, g| acc.union(grant_actions(*g)))
+}
+
+/// Whether a push by `caller` may create a missing repository in an organization that does
+/// (or does not) auto-create repositories.
+pub fn may_create_repository(caller: Option<&Standing>, auto_create: bool) -> bool {
+    caller.is_some_and(|s| {
+        s.site_admin
+            || (auto_create
+                && s.org_role.is_some_and(|r| matches!(r, OrgRole::Owner | OrgRole::Admin | OrgRole::Member)))
+    })
+}
+
+/// Narrows `actions` on `repository` to what an API key's scopes allow (no key: unchanged).
+pub fn limit_to_key(actions: Actions, key_scopes: Option<&CompiledScopes>, repository: &str) -> Actions {
+    key_scopes.map_or(actions, |scopes| actions.intersection(scopes.allowed(repository)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apikey::KeyScope;
+    use crate::{Action, Actions};
+
+    fn member(role: OrgRole) -> Standing {
+        Standing { org_role: Some(role), ..Standing::default() }
+    }
+
+    #[test]
+    fn roles() {
+        assert_eq!(repository_actions(Visibility::Private, Some(&member(OrgRole::Owner))), Actions::ALL);
+        assert_eq!(repository_actions(Visibility::Private, Some(&member(OrgRole::Admin))), Actions::ALL);
+        assert_eq!(repository_actions(Visibility::Private, Some(&member(OrgRole::Member))), Actions::PULL_PUSH);
+        assert_eq!(repository_actions(Visibility::Private, Some(&member(OrgRole::Viewer))), Actions::PULL);
+    }
+
+    #[test]
+    fn strangers_and_anonymous() {
+        assert_eq!(repository_actions(Visibility::Private, None), Actions::NONE);
+        assert_eq!(repository_actions(Visibility::Private, Some(&Standing::default())), Actions::NONE);
+        // Public means anonymous pull, never anonymous push.
+        assert_eq!(repository_actions(Visibility::Public, None), Actions::PULL);
+        assert_eq!(repository_actions(Visibility::Public, Some(&Standing::default())), Actions::PULL);
+    }
+
+    #[test]
+    fn grants_add_to_roles_and_site_admin_has_all() {
+        let grantee = Standing { grants: vec![GrantAccess::Push], ..Standing::default() };
+        assert_eq!(repository_actions(Visibility::Private, Some(&grantee)), Actions::PULL_PUSH);
+        let deleter =
+            Standing { org_role: Some(OrgRole::Viewer), grants: vec![GrantAccess::Delete], ..Standing::default() };
+        assert_eq!(repository_actions(Visibility::Private, Some(&deleter)), Actions::PULL.with(Action::Delete));
+        let admin = Standing { site_admin: true, ..Standing::default() };
+        assert_eq!(repository_actions(Visibility::Private, Some(&admin)), Actions::ALL);
+    }
+
+    #[test]
+    fn repository_creation_on_push() {
+        assert!(may_create_repository(Some(&member(OrgRole::Member)), true));
+        assert!(!may_create_repository(Some(&member(OrgRole::Member)), false));
+        assert!(!may_create_repository(Some(&member(OrgRole::Viewer)), true));
+        assert!(!may_create_repository(None, true));
+        assert!(may_create_repository(Some(&Standing { site_admin: true, ..Standing::default() }), false));
+    }
+
+    #[test]
+    fn keys_narrow_but_never_widen() {
+        let scopes = CompiledScopes::new(&[KeyScope {
+            repositories: "acme/**".into(),
+            actions: vec![Action::Pull, Action::Push],
+        }])
+        .expect("globs");
+        assert_eq!(limit_to_key(Actions::ALL, Some(&scopes), "acme/app"), Actions::PULL_PUSH);
+        assert_eq!(limit_to_key(Actions::PULL, Some(&scopes), "acme/app"), Actions::PULL);
+        assert_eq!(limit_to_key(Actions::ALL, Some(&scopes), "other/app"), Actions::NONE);
+        assert_eq!(limit_to_key(Actions::PULL, None, "other/app"), Actions::PULL);
+    }
+}
