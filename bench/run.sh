@@ -46,7 +46,7 @@ db=aerugo_bench
 psql -q "$AERUGO_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
 export AERUGO_DATABASE_URL=${AERUGO_PG_ADMIN_URL%/*}/$db
 "$AERUGO_BIN" migrate >/dev/null 2>&1
-AERUGO_LOG=warn "$AERUGO_BIN" serve --listen "$AERUGO_ADDR" --storage file --storage-path "$WORK/aerugo" \
+AERUGO_LOG=warn "$AERUGO_BIN" serve --listen "$AERUGO_ADDR" --admin-listen 127.0.0.1:5201 --storage file --storage-path "$WORK/aerugo" \
   --redirect proxy >"$WORK/aerugo.log" 2>&1 &
 AERUGO_PID=$!; PIDS+=("$AERUGO_PID")
 wait_http "http://$DIST_ADDR/v2/"
@@ -151,7 +151,7 @@ if [ -n "${AERUGO_S3_ENDPOINT:-}" ]; then
   s3db=aerugo_bench_s3
   psql -q "$AERUGO_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $s3db" -c "CREATE DATABASE $s3db" >/dev/null
   AERUGO_DATABASE_URL=${AERUGO_PG_ADMIN_URL%/*}/$s3db "$AERUGO_BIN" migrate >/dev/null 2>&1
-  AERUGO_DATABASE_URL=${AERUGO_PG_ADMIN_URL%/*}/$s3db AERUGO_LOG=warn "$AERUGO_BIN" serve --listen "$S3_ADDR" \
+  AERUGO_DATABASE_URL=${AERUGO_PG_ADMIN_URL%/*}/$s3db AERUGO_LOG=warn "$AERUGO_BIN" serve --listen "$S3_ADDR" --admin-listen 127.0.0.1:5301 \
     --storage s3 --redirect presign >"$WORK/aerugo-s3.log" 2>&1 &
   S3_PID=$!; PIDS+=("$S3_PID")
   wait_http "http://$S3_ADDR/v2/"

@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Address the registry listens on.
     #[arg(long, env = "AERUGO_LISTEN", default_value = "127.0.0.1:5000")]
     pub listen: SocketAddr,
+    /// Address of the admin server (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "AERUGO_ADMIN_LISTEN", default_value = "127.0.0.1:9102")]
+    pub admin_listen: SocketAddr,
     /// Postgres URL (`postgres://user@host:5432/db`).
     #[arg(long, env = "AERUGO_DATABASE_URL")]
     pub database_url: String,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use actix_web::{HttpServer, web};
 use aerugo_dataplane::config::{ServeArgs, StorageKind};
+use aerugo_dataplane::metrics::Metrics;
 use aerugo_dataplane::{Registry, server};
 use aerugo_storage::{AnyStore, FsStore, S3Store};
 use anyhow::Context;
@@ -88,13 +89,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
 
-    let mut server = HttpServer::new(move || server::app(registry.clone()))
+    let metrics = web::Data::new(Metrics::new()?);
+    let (app_registry, app_metrics) = (registry.clone(), metrics.clone());
+    let mut server = HttpServer::new(move || server::app(app_registry.clone(), app_metrics.clone()))
         .bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
     if let Some(workers) = args.workers {
         server = server.workers(workers);
     }
-    tracing::info!(listen = %args.listen, storage = ?args.storage, redirect = ?args.redirect, "aerugo data plane serving");
-    server.run().await?;
+    let admin = HttpServer::new(move || server::admin_app(registry.clone(), metrics.clone()))
+        .workers(1)
+        .bind(args.admin_listen)
+        .with_context(|| format!("binding the admin port {}", args.admin_listen))?;
+    tracing::info!(
+        listen = %args.listen, admin = %args.admin_listen, storage = ?args.storage, redirect = ?args.redirect,
+        "aerugo data plane serving"
+    );
+    futures_util::future::try_join(server.run(), admin.run()).await?;
     Ok(())
 }

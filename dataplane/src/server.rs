@@ -1,19 +1,23 @@
-//! The actix application: middleware, health endpoints and the `/v2/` routes. `main` and the
-//! in-process HTTP tests build exactly this app, so tests exercise the real pipeline.
+//! The actix applications: the registry app (middleware, health endpoints, the `/v2/` routes)
+//! and the admin app (`/metrics`, health). `main` and the in-process HTTP tests build exactly
+//! these, so tests exercise the real pipeline.
 
 use std::time::Instant;
 
+use actix_web::body::BodySize;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{DefaultHeaders, Next, from_fn};
 use actix_web::{App, Error, HttpResponse, web};
 
 use crate::Registry;
+use crate::metrics::Metrics;
 use crate::routes::{self, API_VERSION_HEADER};
 
-/// Builds the application around a shared registry.
+/// Builds the registry application around a shared registry and metrics.
 pub fn app(
     registry: web::Data<Registry>,
+    metrics: web::Data<Metrics>,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -25,12 +29,38 @@ pub fn app(
 > {
     App::new()
         .app_data(registry)
+        .app_data(metrics)
         .wrap(DefaultHeaders::new().add(API_VERSION_HEADER))
-        .wrap(from_fn(log_request))
+        .wrap(from_fn(observe_request))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .configure(routes::configure)
         .default_service(web::to(routes::no_route))
+}
+
+/// Builds the admin application: `/metrics`, `/healthz`, `/readyz`.
+pub fn admin_app(
+    registry: web::Data<Registry>,
+    metrics: web::Data<Metrics>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = Error,
+        InitError = (),
+    >,
+> {
+    App::new()
+        .app_data(registry)
+        .app_data(metrics)
+        .route("/metrics", web::get().to(render_metrics))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+}
+
+async fn render_metrics(registry: web::Data<Registry>, metrics: web::Data<Metrics>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics.render(registry.pool_status()))
 }
 
 /// Liveness: the process answers.
@@ -49,18 +79,34 @@ async fn readyz(registry: web::Data<Registry>) -> HttpResponse {
     }
 }
 
-/// One structured log line per request. The query string is left out: it may carry
-/// credentials once token auth exists.
-async fn log_request(
+/// Metrics and one structured log line per request. The query string is left out of the log:
+/// it may carry credentials once token auth exists.
+async fn observe_request(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.path().to_owned();
+    let bytes_in = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let response = next.call(req).await?;
     let status = response.status().as_u16();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some(metrics) = metrics {
+        let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+        let bytes_out = match response.response().body().size() {
+            BodySize::Sized(n) => n,
+            _ => 0,
+        };
+        metrics.observe(&route, method.as_str(), status, seconds, bytes_in, bytes_out);
+    }
+    let duration_ms = seconds * 1000.0;
     if status >= 500 {
         tracing::warn!(%method, %path, status, duration_ms, "request failed");
     } else {

@@ -20,6 +20,8 @@ pub struct Server {
     child: Child,
     /// `127.0.0.1:<port>`.
     pub host: String,
+    /// `127.0.0.1:<port>` of the admin server (`/metrics`).
+    pub admin: String,
     _dir: tempfile::TempDir,
 }
 
@@ -48,9 +50,11 @@ impl Server {
     pub fn start(database_url: &str, storage: Storage) -> Server {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let host = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(dataplane_bin());
         cmd.arg("serve")
             .env("AERUGO_LISTEN", &host)
+            .env("AERUGO_ADMIN_LISTEN", &admin)
             .env("AERUGO_DATABASE_URL", database_url)
             .env("AERUGO_WORKERS", "2")
             .env("AERUGO_LOG", "warn")
@@ -65,7 +69,7 @@ impl Server {
             }
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {:?}: {e}", dataplane_bin()));
-        let server = Server { child, host, _dir: dir };
+        let server = Server { child, host, admin, _dir: dir };
         server.wait_ready();
         server
     }

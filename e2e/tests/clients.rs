@@ -145,6 +145,14 @@ async fn oras_artifact_with_subject_is_listed_as_a_referrer() {
     let response = http_raw(&server.host, "GET", &format!("/v2/signed/app/referrers/{subject}")).expect("referrers");
     let body = response.split("\r\n\r\n").nth(1).expect("body");
     let index: serde_json::Value = serde_json::from_str(body).expect("json");
+    // The admin port counts the requests by route pattern.
+    let metrics = http_raw(&server.admin, "GET", "/metrics").expect("metrics");
+    assert!(
+        metrics.contains(
+            r#"aerugo_http_requests_total{method="GET",route="/v2/{name:.+}/referrers/{digest}",status="200"} 1"#
+        ),
+        "{metrics}"
+    );
     let digests: Vec<&str> =
         index["manifests"].as_array().expect("manifests").iter().filter_map(|m| m["digest"].as_str()).collect();
     assert_eq!(digests, [artifact.as_str()]);

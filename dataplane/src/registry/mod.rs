@@ -44,6 +44,17 @@ impl Registry {
         Ok(())
     }
 
+    /// The database pool's current state, for metrics.
+    pub fn pool_status(&self) -> crate::metrics::PoolStatus {
+        let status = self.db.status();
+        crate::metrics::PoolStatus {
+            in_use: status.size.saturating_sub(status.available),
+            idle: status.available,
+            waiting: status.waiting,
+            max: status.max_size,
+        }
+    }
+
     async fn client(&self) -> Result<PooledClient> {
         Ok(self.db.get().await.map_err(aerugo_db::Error::from)?)
     }

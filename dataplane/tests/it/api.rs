@@ -537,3 +537,34 @@ async fn locations_use_the_public_url_when_configured() {
             .is_some_and(|l| l.starts_with("https://registry.example.test/v2/pub/manifests/sha256:"))
     );
 }
+
+#[actix_web::test]
+async fn metrics_count_requests_by_route_pattern_on_the_admin_app() {
+    let reg = fs_registry().await;
+    let metrics = actix_web::web::Data::new(aerugo_dataplane::metrics::Metrics::new().expect("metrics"));
+    let app = app_with(&reg.registry, &metrics).await;
+    push_image(&app, "metered/app", "v1", 1).await;
+    for _ in 0..3 {
+        call(&app, Method::GET, "/v2/metered/app/manifests/v1").await;
+    }
+    call(&app, Method::GET, "/v2/metered/app/manifests/absent").await;
+    call(&app, Method::GET, "/not/a/route").await;
+
+    let admin = actix_web::test::init_service(aerugo_dataplane::server::admin_app(reg.registry.clone(), metrics)).await;
+    let scrape = actix_web::test::call_and_read_body(&admin, TestRequest::get().uri("/metrics").to_request()).await;
+    let scrape = String::from_utf8_lossy(&scrape);
+    let route = "/v2/{name:.+}/manifests/{reference}";
+    for line in [
+        format!(r#"aerugo_http_requests_total{{method="GET",route="{route}",status="200"}} 3"#),
+        format!(r#"aerugo_http_requests_total{{method="GET",route="{route}",status="404"}} 1"#),
+        format!(r#"aerugo_http_requests_total{{method="PUT",route="{route}",status="201"}} 1"#),
+        r#"aerugo_http_requests_total{method="GET",route="unmatched",status="404"} 1"#.to_owned(),
+        format!(r#"aerugo_http_request_duration_seconds_count{{method="GET",route="{route}"}} 4"#),
+        r#"aerugo_db_pool_connections{state="max"} 8"#.to_owned(),
+    ] {
+        assert!(scrape.contains(&line), "missing {line}\n{scrape}");
+    }
+    // Raw paths never become labels.
+    assert!(!scrape.contains("metered/app"), "{scrape}");
+    assert!(scrape.contains("process_resident_memory_bytes"), "{scrape}");
+}

@@ -73,7 +73,16 @@ impl<S> App for S where S: Service<actix_http::Request, Response = ServiceRespon
 
 /// The real application around `registry`, ready for requests.
 pub async fn app(registry: &web::Data<Registry>) -> impl App + use<> {
-    let service = test::init_service(server::app(registry.clone())).await;
+    let metrics = web::Data::new(aerugo_dataplane::metrics::Metrics::new().expect("metrics"));
+    app_with(registry, &metrics).await
+}
+
+/// The real application around `registry`, recording into `metrics`.
+pub async fn app_with(
+    registry: &web::Data<Registry>,
+    metrics: &web::Data<aerugo_dataplane::metrics::Metrics>,
+) -> impl App + use<> {
+    let service = test::init_service(server::app(registry.clone(), metrics.clone())).await;
     BoxedApp { inner: service }
 }
 
