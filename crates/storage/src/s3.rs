@@ -1,8 +1,9 @@
 //! S3 backend (aws-sdk-s3; any S3-compatible service). Uploads go to a multipart upload at a
-//! per-upload temporary key, one part in flight while the next buffers, so memory stays at
-//! about two parts whatever the blob size; the verified object is then copied to its
+//! per-upload temporary key, up to [`PARTS_IN_FLIGHT`] parts uploading while the next buffers,
+//! so memory stays at a few parts whatever the blob size; the verified object is then copied to its
 //! content-addressed key. Pulls are served by presigned GET URLs or streamed with ranges.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use aerugo_oci::Digest;
@@ -24,6 +25,9 @@ use crate::{BlobStore, ByteStream, Error, Part, Result, UploadState, UploadWrite
 
 /// S3's minimum size of every multipart part but the last.
 pub const MIN_PART_SIZE: usize = 5 << 20;
+/// Parts uploaded concurrently per request: enough to hide one part's round trip, few enough to
+/// bound memory (three parts of 5 MiB, with the buffer).
+pub const PARTS_IN_FLIGHT: usize = 2;
 /// Largest object S3 copies in one CopyObject call.
 const MAX_SINGLE_COPY: u64 = 5 << 30;
 /// Range size of each UploadPartCopy when copying larger objects.
@@ -209,23 +213,32 @@ impl S3Store {
     }
 }
 
-/// One request's worth of an S3 upload: a buffer below the part size and at most one part in
-/// flight.
+/// One request's worth of an S3 upload: a buffer below the part size and at most
+/// [`PARTS_IN_FLIGHT`] parts uploading, oldest first.
 pub struct S3Writer {
     client: Client,
     bucket: String,
     key: String,
     state: UploadState,
     buffer: BytesMut,
-    in_flight: Option<JoinHandle<Result<Part>>>,
+    in_flight: VecDeque<JoinHandle<Result<Part>>>,
 }
 
 impl S3Writer {
-    async fn settle(&mut self) -> Result<()> {
-        if let Some(task) = self.in_flight.take() {
+    /// Waits for the oldest part in flight, recording it in order.
+    async fn settle_one(&mut self) -> Result<()> {
+        if let Some(task) = self.in_flight.pop_front() {
             let part = task.await.map_err(|e| Error::S3 { operation: "UploadPart", message: e.to_string() })??;
             self.state.written += part.size;
             self.state.parts.push(part);
+        }
+        Ok(())
+    }
+
+    /// Waits for every part in flight.
+    async fn settle(&mut self) -> Result<()> {
+        while !self.in_flight.is_empty() {
+            self.settle_one().await?;
         }
         Ok(())
     }
@@ -251,14 +264,16 @@ impl S3Writer {
         Ok(id)
     }
 
-    /// Starts uploading `data` as the next part, after the previous one has finished.
+    /// Starts uploading `data` as the next part once fewer than [`PARTS_IN_FLIGHT`] are.
     async fn send_part(&mut self, data: Bytes) -> Result<()> {
-        self.settle().await?;
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.settle_one().await?;
+        }
         let upload_id = self.upload_id().await?;
-        let number =
-            i32::try_from(self.state.parts.len() + 1).map_err(|_| Error::CorruptState("too many parts".into()))?;
+        let number = i32::try_from(self.state.parts.len() + self.in_flight.len() + 1)
+            .map_err(|_| Error::CorruptState("too many parts".into()))?;
         let (client, bucket, key) = (self.client.clone(), self.bucket.clone(), self.key.clone());
-        self.in_flight = Some(tokio::spawn(async move {
+        self.in_flight.push_back(tokio::spawn(async move {
             let size = data.len() as u64;
             let out = client
                 .upload_part()
@@ -276,7 +291,7 @@ impl S3Writer {
     }
 
     fn next_part_size(&self) -> usize {
-        part_size(self.state.parts.len() + usize::from(self.in_flight.is_some()))
+        part_size(self.state.parts.len() + self.in_flight.len())
     }
 }
 
@@ -308,7 +323,7 @@ impl BlobStore for S3Store {
             key: upload_key(id),
             state,
             buffer,
-            in_flight: None,
+            in_flight: VecDeque::new(),
         })
     }
 
