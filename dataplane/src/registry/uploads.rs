@@ -4,7 +4,7 @@
 use std::fmt::Display;
 
 use aerugo_db::registry::Repository;
-use aerugo_db::{audit, registry, uploads};
+use aerugo_db::{PooledClient, audit, registry, uploads};
 use aerugo_oci::range::ChunkRange;
 use aerugo_oci::{Digest, RepoName, ResumableSha256};
 use aerugo_storage::{AnyWriter, BlobStore, UploadState, UploadWriter};
@@ -68,15 +68,16 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let repo = self.repository_for_push(&client, name).await?;
         if let Some((digest, from)) = mount
-            && self.mount(&repo, &digest, from.as_ref()).await?
+            && mount_blob(&mut client, &repo, &digest, from.as_ref()).await?
         {
             return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
         }
-        drop(client);
         if let Some((digest, body)) = monolithic {
+            // No connection is held while the body streams in.
+            drop(client);
             let id = Uuid::new_v4();
             let writer = self.store.resume_upload(id, UploadState::default(), Vec::new()).await?;
             let written = write_body(writer, ResumableSha256::new(), 0, body).await?;
@@ -93,30 +94,8 @@ impl Registry {
             pending: Vec::new(),
             version: 0,
         };
-        let client = self.client().await?;
         uploads::create(&client, &upload, self.settings.upload_ttl.as_secs_f64()).await?;
         Ok(StartUpload::Session(UploadProgress { location: self.upload_url(name, id), id, offset: 0 }))
-    }
-
-    /// Links `digest` into `repo` if it is readable in `from` (or already there).
-    async fn mount(&self, repo: &Repository, digest: &Digest, from: Option<&RepoName>) -> Result<bool> {
-        let mut client = self.client().await?;
-        if registry::repository_blob(&client, repo.id, digest.as_str()).await?.is_some() {
-            return Ok(true);
-        }
-        let Some(from) = from else { return Ok(false) };
-        let Some(source) = registry::find_repository(&client, from.as_str()).await? else {
-            return Ok(false);
-        };
-        let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
-        if registry::repository_blob(&tx, source.id, digest.as_str()).await?.is_none() {
-            return Ok(false);
-        }
-        registry::link_blob(&tx, repo.id, digest.as_str()).await?;
-        audit::record(&tx, ANONYMOUS, "blob.mount", &repo.name, json!({ "digest": digest, "from": from.as_str() }))
-            .await?;
-        tx.commit().await.map_err(aerugo_db::Error::from)?;
-        Ok(true)
     }
 
     /// Appends a chunk (`PATCH`), with or without `Content-Range`.
@@ -283,6 +262,31 @@ impl Registry {
         tracing::debug!(repo = %repo.name, %digest, size_bytes = size, "blob stored");
         Ok(())
     }
+}
+
+/// Links `digest` into `repo` if it is readable in `from` (or already there), on the caller's
+/// connection: a request never holds two pool connections at once.
+async fn mount_blob(
+    client: &mut PooledClient,
+    repo: &Repository,
+    digest: &Digest,
+    from: Option<&RepoName>,
+) -> Result<bool> {
+    if registry::repository_blob(&*client, repo.id, digest.as_str()).await?.is_some() {
+        return Ok(true);
+    }
+    let Some(from) = from else { return Ok(false) };
+    let Some(source) = registry::find_repository(&*client, from.as_str()).await? else {
+        return Ok(false);
+    };
+    let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+    if registry::repository_blob(&tx, source.id, digest.as_str()).await?.is_none() {
+        return Ok(false);
+    }
+    registry::link_blob(&tx, repo.id, digest.as_str()).await?;
+    audit::record(&tx, ANONYMOUS, "blob.mount", &repo.name, json!({ "digest": digest, "from": from.as_str() })).await?;
+    tx.commit().await.map_err(aerugo_db::Error::from)?;
+    Ok(true)
 }
 
 /// Streams `body` into the upload's storage while hashing it; nothing is held whole.
