@@ -81,6 +81,111 @@ pub struct ServeArgs {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "AERUGO_WORKERS")]
     pub workers: Option<usize>,
+    /// Authentication and token settings.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Flags for authentication and tokens (shared by `serve` and the token tools).
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Service name announced in token challenges (`service=` of `WWW-Authenticate`).
+    #[arg(long, env = "AERUGO_SERVICE", default_value = "aerugo")]
+    pub service: String,
+    /// File holding the hex Ed25519 private key that signs tokens (`aerugo-dataplane keygen`).
+    /// Without it a random key is generated at start-up and tokens work only on this node.
+    #[arg(long, env = "AERUGO_TOKEN_KEY_FILE")]
+    pub token_key_file: Option<PathBuf>,
+    /// Files of previous signing keys whose tokens are still accepted (key rotation).
+    #[arg(long, env = "AERUGO_TOKEN_PREVIOUS_KEY_FILES", value_delimiter = ',')]
+    pub token_previous_key_files: Vec<PathBuf>,
+    /// Lifetime of registry access tokens, in seconds.
+    #[arg(long, env = "AERUGO_TOKEN_TTL", default_value_t = 300)]
+    pub token_ttl: u64,
+    /// Lifetime of refresh tokens (`docker login`'s identity token), in seconds.
+    #[arg(long, env = "AERUGO_REFRESH_TOKEN_TTL", default_value_t = 30 * 86_400)]
+    pub refresh_token_ttl: u64,
+    /// Lifetime of management API sessions from `POST /api/v1/auth/login`, in seconds.
+    #[arg(long, env = "AERUGO_SESSION_TTL", default_value_t = 3600)]
+    pub session_ttl: u64,
+    /// Take the client address from the first `X-Forwarded-For` entry (only behind a proxy
+    /// that sets it).
+    #[arg(long, env = "AERUGO_TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
+    /// Failed password attempts per user allowed in one window before logins are refused.
+    #[arg(long, env = "AERUGO_LOGIN_MAX_FAILURES_PER_USER", default_value_t = 10)]
+    pub login_max_failures_per_user: i32,
+    /// Failed attempts per source address allowed in one window.
+    #[arg(long, env = "AERUGO_LOGIN_MAX_FAILURES_PER_ADDRESS", default_value_t = 50)]
+    pub login_max_failures_per_address: i32,
+    /// Length of the failed-login window, in seconds.
+    #[arg(long, env = "AERUGO_LOGIN_WINDOW", default_value_t = 300)]
+    pub login_window: u64,
+    /// How often revoked keys and disabled users are reloaded, in seconds.
+    #[arg(long, env = "AERUGO_REVOCATION_REFRESH", default_value_t = 5)]
+    pub revocation_refresh: u64,
+}
+
+/// Validated authentication settings.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `service=` of challenges.
+    pub service: String,
+    /// Access token lifetime.
+    pub token_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl: Duration,
+    /// Management session lifetime.
+    pub session_ttl: Duration,
+    /// Use `X-Forwarded-For`.
+    pub trust_forwarded_for: bool,
+    /// Per-user failure limit.
+    pub max_failures_per_user: i32,
+    /// Per-address failure limit.
+    pub max_failures_per_address: i32,
+    /// Failure window.
+    pub login_window: Duration,
+    /// Revocation reload period.
+    pub revocation_refresh: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        AuthSettings {
+            service: "aerugo".into(),
+            token_ttl: Duration::from_secs(300),
+            refresh_token_ttl: Duration::from_secs(30 * 86_400),
+            session_ttl: Duration::from_secs(3600),
+            trust_forwarded_for: false,
+            max_failures_per_user: 10,
+            max_failures_per_address: 50,
+            login_window: Duration::from_secs(300),
+            revocation_refresh: Duration::from_secs(5),
+        }
+    }
+}
+
+impl AuthArgs {
+    /// The settings these flags describe.
+    pub fn settings(&self) -> Result<AuthSettings, ConfigError> {
+        if !(60..=86_400).contains(&self.token_ttl) {
+            return Err(ConfigError("token TTL must be between 60 seconds and one day".into()));
+        }
+        if self.login_max_failures_per_user < 1 || self.login_max_failures_per_address < 1 || self.login_window == 0 {
+            return Err(ConfigError("login limits and window must be positive".into()));
+        }
+        Ok(AuthSettings {
+            service: self.service.clone(),
+            token_ttl: Duration::from_secs(self.token_ttl),
+            refresh_token_ttl: Duration::from_secs(self.refresh_token_ttl.max(self.token_ttl)),
+            session_ttl: Duration::from_secs(self.session_ttl.max(60)),
+            trust_forwarded_for: self.trust_forwarded_for,
+            max_failures_per_user: self.login_max_failures_per_user,
+            max_failures_per_address: self.login_max_failures_per_address,
+            login_window: Duration::from_secs(self.login_window),
+            revocation_refresh: Duration::from_secs(self.revocation_refresh.max(1)),
+        })
+    }
 }
 
 /// Validated settings the registry core runs with.

@@ -75,6 +75,25 @@ pub enum RegistryError {
     /// `UNSUPPORTED`.
     #[error("the operation is unsupported")]
     Unsupported(String),
+    /// 401 `UNAUTHORIZED`: no credentials, bad credentials, or a token that does not cover the
+    /// request; `challenge` is the `WWW-Authenticate` value telling the client how to get one.
+    #[error("authentication required")]
+    Unauthorized {
+        /// `WWW-Authenticate` header value.
+        challenge: String,
+        /// What was wrong (never which part of a credential).
+        detail: String,
+    },
+    /// 429 `TOOMANYREQUESTS` with `Retry-After`: too many failed logins.
+    #[error("too many failed login attempts, retry later")]
+    TooManyRequests {
+        /// Seconds until the next attempt is allowed.
+        retry_after: u64,
+    },
+    /// 400 `INVALID_REQUEST`: a request this registry cannot make sense of (malformed scope,
+    /// unknown grant type, malformed parameters).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     /// 404: the path names no endpoint of the API.
     #[error("no such endpoint")]
     NoRoute,
@@ -107,6 +126,9 @@ impl RegistryError {
             Self::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Self::Denied(_) => "DENIED",
             Self::Unsupported(_) => "UNSUPPORTED",
+            Self::Unauthorized { .. } => "UNAUTHORIZED",
+            Self::TooManyRequests { .. } => "TOOMANYREQUESTS",
+            Self::InvalidRequest(_) => "INVALID_REQUEST",
             Self::NoRoute => "NOT_FOUND",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "UNKNOWN",
@@ -126,7 +148,10 @@ impl RegistryError {
             | Self::TagInvalid(d)
             | Self::PaginationInvalid(d)
             | Self::Denied(d)
-            | Self::Unsupported(d) => json!(d),
+            | Self::Unsupported(d)
+            | Self::InvalidRequest(d) => json!(d),
+            Self::Unauthorized { detail, .. } => json!(detail),
+            Self::TooManyRequests { retry_after } => json!({ "retryAfterSeconds": retry_after }),
             Self::SizeInvalid { detail, .. } => json!(detail),
             Self::RangeMismatch { offset, .. } => json!({ "offset": offset }),
             Self::RangeNotSatisfiable { size } => json!({ "size": size }),
@@ -146,6 +171,8 @@ impl ResponseError for RegistryError {
             Self::RangeMismatch { .. } | Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::SizeInvalid { over_limit: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Denied(_) => StatusCode::FORBIDDEN,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -172,6 +199,12 @@ impl ResponseError for RegistryError {
             }
             Self::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
+            }
+            Self::Unauthorized { challenge, .. } => {
+                response.insert_header((header::WWW_AUTHENTICATE, challenge.as_str()));
+            }
+            Self::TooManyRequests { retry_after } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             _ => {}
         }

@@ -2,6 +2,7 @@
 //! storage. `routes` is the HTTP edge (parse, authorize, call the core, set headers); `registry`
 //! is the core; `error` is the one place errors become responses.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -1,9 +1,15 @@
-//! `aerugo-dataplane`: `serve` runs the registry, `migrate` applies the database schema.
+//! `aerugo-dataplane`: `serve` runs the registry, `migrate` applies the database schema,
+//! `bootstrap` creates the first site administrator, `keygen` makes a token signing key and
+//! `token attenuate` narrows a token offline.
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use actix_web::{HttpServer, web};
-use aerugo_dataplane::config::{ServeArgs, StorageKind};
+use aerugo_auth::token::{self, Restriction, TokenKeys};
+use aerugo_dataplane::auth::Auth;
+use aerugo_dataplane::config::{AuthArgs, ServeArgs, StorageKind};
 use aerugo_dataplane::metrics::Metrics;
 use aerugo_dataplane::{Registry, server};
 use aerugo_storage::{AnyStore, FsStore, S3Store};
@@ -28,6 +34,49 @@ enum Command {
         #[arg(long, env = "AERUGO_DATABASE_URL")]
         database_url: String,
     },
+    /// Create (or reset the password of) a site administrator and, optionally, an
+    /// organization it owns that creates repositories on push. Idempotent.
+    Bootstrap {
+        /// Postgres URL.
+        #[arg(long, env = "AERUGO_DATABASE_URL")]
+        database_url: String,
+        /// The administrator's username.
+        #[arg(long, env = "AERUGO_ADMIN_USERNAME", default_value = "admin")]
+        admin_username: String,
+        /// File holding the administrator's password (secrets are never flag values).
+        #[arg(long, env = "AERUGO_ADMIN_PASSWORD_FILE")]
+        admin_password_file: PathBuf,
+        /// An organization to create with the administrator as Owner (e.g. `library`).
+        #[arg(long, env = "AERUGO_BOOTSTRAP_ORG")]
+        org: Option<String>,
+    },
+    /// Print a new Ed25519 token signing key (hex) for `--token-key-file`.
+    Keygen {
+        /// Write the key to this file (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Token tools that need no registry.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Read a token on standard input and print a narrower one: only one repository, only
+    /// some actions, an earlier expiry. No key is needed; the registry enforces both the
+    /// original grant and the new limits.
+    Attenuate {
+        /// Only this repository.
+        #[arg(long)]
+        repository: Option<String>,
+        /// Only these actions (comma-separated: pull, push, delete).
+        #[arg(long)]
+        actions: Option<String>,
+        /// Expire this many seconds from now (if sooner than the token's own expiry).
+        #[arg(long)]
+        expires_in: Option<u64>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +95,90 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!(%migration, "applied");
             }
             Ok(())
+        }
+        Command::Bootstrap { database_url, admin_username, admin_password_file, org } => {
+            let password = std::fs::read_to_string(&admin_password_file)
+                .with_context(|| format!("reading {}", admin_password_file.display()))?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(bootstrap(&database_url, &admin_username, password.trim(), org.as_deref()))
+        }
+        Command::Keygen { out } => {
+            let key = TokenKeys::generate().private_hex();
+            match out {
+                Some(path) => write_secret(&path, &key),
+                None => Ok(writeln!(std::io::stdout(), "{key}")?),
+            }
+        }
+        Command::Token(TokenCommand::Attenuate { repository, actions, expires_in }) => {
+            let mut presented = String::new();
+            std::io::stdin().read_to_string(&mut presented)?;
+            let restriction = Restriction {
+                repository: repository.map(|r| r.parse()).transpose().context("--repository")?,
+                actions: actions
+                    .map(|a| a.split(',').map(|x| x.trim().parse::<aerugo_auth::Action>()).collect())
+                    .transpose()
+                    .context("--actions")?,
+                expires_at: expires_in.map(|s| SystemTime::now() + Duration::from_secs(s)),
+            };
+            let narrowed = token::attenuate(presented.trim(), &restriction)?;
+            Ok(writeln!(std::io::stdout(), "{narrowed}")?)
+        }
+    }
+}
+
+/// Writes `contents` to a new file readable only by its owner.
+fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{contents}")?;
+    Ok(())
+}
+
+async fn bootstrap(database_url: &str, username: &str, password: &str, org: Option<&str>) -> anyhow::Result<()> {
+    use aerugo_db::tenancy;
+    anyhow::ensure!(password.chars().count() >= 8, "the administrator password needs at least 8 characters");
+    let hash = aerugo_auth::password::hash(password)?;
+    let pool = aerugo_db::pool(database_url, 1)?;
+    let mut client = pool.get().await.map_err(aerugo_db::Error::from)?;
+    let tx = client.transaction().await?;
+    let admin = tenancy::upsert_site_admin(&tx, username, &hash).await?;
+    if let Some(name) = org {
+        let new = tenancy::NewOrganization {
+            name,
+            display_name: None,
+            auto_create_repos: true,
+            default_visibility: "private",
+        };
+        if tenancy::create_organization(&tx, &new, admin.id).await?.is_none() {
+            let existing = tenancy::organization(&tx, name).await?.context("organization vanished")?;
+            tenancy::put_member(&tx, existing.id, admin.id, "owner").await?;
+        }
+    }
+    tx.commit().await?;
+    tracing::info!(username, org, "site administrator ready");
+    Ok(())
+}
+
+/// The token keys: from the key files, or a random key for a single node.
+fn token_keys(args: &AuthArgs) -> anyhow::Result<TokenKeys> {
+    let read = |path: &PathBuf| std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()));
+    match &args.token_key_file {
+        Some(path) => {
+            let current = read(path)?;
+            let previous = args.token_previous_key_files.iter().map(read).collect::<anyhow::Result<Vec<_>>>()?;
+            let previous: Vec<&str> = previous.iter().map(String::as_str).collect();
+            Ok(TokenKeys::from_hex(&current, &previous)?)
+        }
+        None => {
+            tracing::warn!(
+                "no --token-key-file: signing tokens with a random key; tokens work only on this node until restart"
+            );
+            Ok(TokenKeys::generate())
         }
     }
 }
@@ -70,6 +203,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         StorageKind::S3 => AnyStore::S3(S3Store::new(&args.s3_config(s3_secret(&args)?)?)),
     };
     let pool = aerugo_db::pool(&args.database_url, args.database_pool_size)?;
+    let auth = web::Data::new(Auth::new(pool.clone(), token_keys(&args.auth)?, args.auth.settings()?));
     let registry = web::Data::new(Registry::new(pool, store, settings.clone()));
     if let Err(e) = registry.ready().await {
         tracing::warn!(error = %e, "database or storage not reachable yet; serving anyway, /readyz reports it");
@@ -89,9 +223,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
 
+    let background = auth.clone().into_inner();
+    let refresh_every = auth.settings().revocation_refresh;
+    actix_web::rt::spawn(async move {
+        let mut ticker = tokio::time::interval(refresh_every);
+        let mut flushed = tokio::time::Instant::now();
+        loop {
+            ticker.tick().await;
+            if let Err(e) = background.refresh_revocations().await {
+                tracing::warn!(error = %e, "reloading revoked credentials failed");
+            }
+            if flushed.elapsed() >= Duration::from_secs(30) {
+                flushed = tokio::time::Instant::now();
+                if let Err(e) = background.flush_last_used().await {
+                    tracing::warn!(error = %e, "recording API key use failed");
+                }
+            }
+        }
+    });
+
     let metrics = web::Data::new(Metrics::new()?);
-    let (app_registry, app_metrics) = (registry.clone(), metrics.clone());
-    let mut server = HttpServer::new(move || server::app(app_registry.clone(), app_metrics.clone()))
+    let (app_registry, app_auth, app_metrics) = (registry.clone(), auth.clone(), metrics.clone());
+    let mut server = HttpServer::new(move || server::app(app_registry.clone(), app_auth.clone(), app_metrics.clone()))
         .bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
     if let Some(workers) = args.workers {
@@ -106,5 +259,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "aerugo data plane serving"
     );
     futures_util::future::try_join(server.run(), admin.run()).await?;
+    if let Err(e) = auth.flush_last_used().await {
+        tracing::warn!(error = %e, "recording API key use at shutdown failed");
+    }
     Ok(())
 }

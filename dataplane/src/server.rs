@@ -11,12 +11,15 @@ use actix_web::middleware::{DefaultHeaders, Next, from_fn};
 use actix_web::{App, Error, HttpResponse, web};
 
 use crate::Registry;
+use crate::api;
+use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::routes::{self, API_VERSION_HEADER};
 
-/// Builds the registry application around a shared registry and metrics.
+/// Builds the registry application around a shared registry, authentication and metrics.
 pub fn app(
     registry: web::Data<Registry>,
+    auth: web::Data<Auth>,
     metrics: web::Data<Metrics>,
 ) -> App<
     impl ServiceFactory<
@@ -29,11 +32,13 @@ pub fn app(
 > {
     App::new()
         .app_data(registry)
+        .app_data(auth)
         .app_data(metrics)
         .wrap(DefaultHeaders::new().add(API_VERSION_HEADER))
         .wrap(from_fn(observe_request))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .configure(api::configure)
         .configure(routes::configure)
         .default_service(web::to(routes::no_route))
 }

@@ -18,11 +18,39 @@ use crate::{Action, Actions, Scope};
 /// The resource name under which catalog access is granted.
 const CATALOG: &str = "registry:catalog";
 
+/// What a token is for. Each kind is accepted only where it belongs: an access token cannot
+/// open a management session, and a refresh or session token grants no registry access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// Registry access for the granted scopes (`/v2/`).
+    Access,
+    /// Exchanged at the token endpoint for new access tokens (`grant_type=refresh_token`).
+    Refresh,
+    /// A management API session (`/api/v1/`).
+    Session,
+}
+
+impl TokenKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Access => "access",
+            TokenKind::Refresh => "refresh",
+            TokenKind::Session => "session",
+        }
+    }
+}
+
 /// What a token grants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
     /// Who the token was issued to (username, or empty for anonymous).
     pub subject: String,
+    /// What the token is for.
+    pub kind: TokenKind,
+    /// The API key the holder authenticated with, so revoking the key revokes the token.
+    pub key_id: Option<String>,
+    /// The holder is a site administrator (may create organizations by pushing).
+    pub site_admin: bool,
     /// Granted scopes.
     pub access: Vec<Scope>,
     /// When the token stops being valid.
@@ -113,10 +141,17 @@ impl TokenKeys {
     /// Issues a token for `claims`.
     pub fn mint(&self, claims: &Claims) -> Result<String, TokenError> {
         let mut builder = biscuit!(
-            r#"subject({subject}); check if time($t), $t <= {expires};"#,
+            r#"subject({subject}); kind({kind}); expires({expires}); check if time($t), $t <= {expires};"#,
             subject = claims.subject.as_str(),
+            kind = claims.kind.as_str(),
             expires = claims.expires_at,
         );
+        if claims.site_admin {
+            builder = builder.fact(fact!("site_admin(true)")).map_err(invalid)?;
+        }
+        if let Some(key_id) = &claims.key_id {
+            builder = builder.fact(fact!(r#"key({key_id})"#, key_id = key_id.as_str())).map_err(invalid)?;
+        }
         for scope in &claims.access {
             let (resource, actions) = match scope {
                 Scope::Repository { name, actions } => (name.as_str(), *actions),
@@ -170,17 +205,61 @@ impl VerifiedToken {
         authorizer.authorize().map(|_| ()).map_err(|_| TokenError::Denied)
     }
 
-    /// The subject named by the authority block.
-    pub fn subject(&self) -> Option<String> {
-        let mut authorizer = authorizer!("allow if true;").build(&self.0).ok()?;
-        let found: Vec<(String,)> = authorizer.query("data($s) <- subject($s)").ok()?;
-        found.into_iter().next().map(|(s,)| s)
+    /// Allows use as a token of `kind` at time `now` (expiry and every appended check hold).
+    pub fn authorize_kind(&self, kind: TokenKind, now: SystemTime) -> Result<(), TokenError> {
+        let mut authorizer =
+            authorizer!(r#"time({now}); operation({kind}); allow if kind({kind});"#, now = now, kind = kind.as_str(),)
+                .build(&self.0)
+                .map_err(invalid)?;
+        authorizer.authorize().map(|_| ()).map_err(|_| TokenError::Denied)
+    }
+
+    /// What the authority block says of the holder (never what an appended block claims).
+    pub fn facts(&self) -> Result<TokenFacts, TokenError> {
+        let mut authorizer = authorizer!("allow if true;").build(&self.0).map_err(invalid)?;
+        let subject: Vec<(String,)> = authorizer.query("data($s) <- subject($s)").map_err(invalid)?;
+        let kind: Vec<(String,)> = authorizer.query("data($k) <- kind($k)").map_err(invalid)?;
+        let key: Vec<(String,)> = authorizer.query("data($k) <- key($k)").map_err(invalid)?;
+        let expires: Vec<(SystemTime,)> = authorizer.query("data($e) <- expires($e)").map_err(invalid)?;
+        let admin: Vec<(bool,)> = authorizer.query("data($a) <- site_admin($a)").map_err(invalid)?;
+        let kind = match kind.first().map(|(k,)| k.as_str()) {
+            Some("access") => TokenKind::Access,
+            Some("refresh") => TokenKind::Refresh,
+            Some("session") => TokenKind::Session,
+            _ => return Err(TokenError::Invalid("token names no kind".into())),
+        };
+        Ok(TokenFacts {
+            subject: subject.into_iter().next().map(|(s,)| s).unwrap_or_default(),
+            kind,
+            key_id: key.into_iter().next().map(|(k,)| k),
+            site_admin: admin.first().is_some_and(|(a,)| *a),
+            expires_at: expires
+                .into_iter()
+                .next()
+                .map(|(e,)| e)
+                .ok_or_else(|| TokenError::Invalid("token names no expiry".into()))?,
+        })
     }
 
     /// Revocation ids, one per block, hex-encoded (checked against revoked keys' tokens).
     pub fn revocation_ids(&self) -> Vec<String> {
         self.0.revocation_identifiers().iter().map(hex::encode).collect()
     }
+}
+
+/// The authority block's statements about a token's holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenFacts {
+    /// Username (empty: anonymous).
+    pub subject: String,
+    /// What the token is for.
+    pub kind: TokenKind,
+    /// The API key it was issued against.
+    pub key_id: Option<String>,
+    /// The holder is a site administrator.
+    pub site_admin: bool,
+    /// The issuer's expiry (an appended block may only shorten it).
+    pub expires_at: SystemTime,
 }
 
 /// How a holder narrows a token offline.
@@ -230,6 +309,9 @@ mod tests {
     fn claims(expires_in: Duration) -> Claims {
         Claims {
             subject: "alice".into(),
+            kind: TokenKind::Access,
+            key_id: Some("0011223344556677".into()),
+            site_admin: false,
             access: vec![
                 Scope::Repository { name: name("acme/app"), actions: Actions::PULL_PUSH },
                 Scope::Repository { name: name("acme/lib"), actions: Actions::PULL },
@@ -252,7 +334,11 @@ mod tests {
         assert!(verified.authorize(&Need::Repository(&lib, Action::Push), now).is_err());
         assert!(verified.authorize(&Need::Repository(&app, Action::Delete), now).is_err());
         assert!(verified.authorize(&Need::Repository(&other, Action::Pull), now).is_err());
-        assert_eq!(verified.subject().as_deref(), Some("alice"));
+        let facts = verified.facts().expect("facts");
+        assert_eq!((facts.subject.as_str(), facts.kind), ("alice", TokenKind::Access));
+        assert_eq!(facts.key_id.as_deref(), Some("0011223344556677"));
+        assert!(!facts.site_admin);
+        assert!(verified.authorize_kind(TokenKind::Session, now).is_err(), "an access token is no session");
         assert_eq!(verified.revocation_ids().len(), 1);
     }
 
@@ -318,19 +404,27 @@ mod tests {
         // A holder appending rights of its own gains nothing: only the authority block is trusted.
         let parsed = UnverifiedBiscuit::from_base64(&token).expect("parse");
         let forged = parsed
-            .append(block!(r#"right("other/secret", "pull"); subject("root");"#))
+            .append(block!(r#"right("other/secret", "pull"); subject("root"); kind("session"); site_admin(true);"#))
             .and_then(|t| t.to_base64())
             .expect("append");
         let verified = keys.verify(&forged).expect("signatures are valid");
         assert!(verified.authorize(&Need::Repository(&name("other/secret"), Action::Pull), now).is_err());
-        assert_eq!(verified.subject().as_deref(), Some("alice"));
+        let facts = verified.facts().expect("facts");
+        assert_eq!((facts.subject.as_str(), facts.kind, facts.site_admin), ("alice", TokenKind::Access, false));
+        assert!(verified.authorize_kind(TokenKind::Session, now).is_err());
     }
 
     #[test]
     fn an_empty_grant_is_still_a_token() {
         let keys = TokenKeys::generate();
-        let empty =
-            Claims { subject: String::new(), access: vec![], expires_at: SystemTime::now() + Duration::from_secs(60) };
+        let empty = Claims {
+            subject: String::new(),
+            kind: TokenKind::Access,
+            key_id: None,
+            site_admin: false,
+            access: vec![],
+            expires_at: SystemTime::now() + Duration::from_secs(60),
+        };
         let verified = keys.verify(&keys.mint(&empty).expect("mint")).expect("verify");
         assert!(verified.authorize(&Need::Repository(&name("a"), Action::Pull), SystemTime::now()).is_err());
     }

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod error;
 pub mod registry;
+pub mod tenancy;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod uploads;

@@ -1,13 +1,12 @@
 //! Blob reads and deletes. A blob is visible in a repository only through its link there.
 
-use aerugo_db::audit;
 use aerugo_db::registry::{self, Blob, BlobUnlink};
 use aerugo_oci::range::{RangeRequest, ReadRange, resolve_range};
 use aerugo_oci::{Digest, RepoName};
 use aerugo_storage::{BlobStore, ByteStream};
 use serde_json::json;
 
-use super::{ANONYMOUS, Registry};
+use super::{Actor, Registry};
 use crate::config::RedirectMode;
 use crate::error::{RegistryError, Result};
 
@@ -60,7 +59,7 @@ impl Registry {
 
     /// Removes a blob from a repository. Refused while a manifest there references it, so no
     /// manifest ever points at a blob its repository cannot serve.
-    pub async fn delete_blob(&self, name: &RepoName, digest: &Digest) -> Result<()> {
+    pub async fn delete_blob(&self, name: &RepoName, digest: &Digest, actor: &Actor) -> Result<()> {
         let mut client = self.client().await?;
         let repo = self.repository(&client, name).await?;
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
@@ -73,7 +72,7 @@ impl Registry {
             }
             BlobUnlink::Unlinked => {}
         }
-        audit::record(&tx, ANONYMOUS, "blob.delete", &repo.name, json!({ "digest": digest })).await?;
+        actor.record(&tx, "blob.delete", &repo, json!({ "digest": digest })).await?;
         tx.commit().await.map_err(aerugo_db::Error::from)?;
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Listings: tags, the catalog and referrers, keyset-paginated in byte order.
 
 use aerugo_db::registry::{self, Referrer};
+use aerugo_db::tenancy::{self, Viewer};
 use aerugo_oci::{Digest, RepoName};
 
 use super::Registry;
@@ -25,6 +26,15 @@ pub struct PageOf {
     pub items: Vec<String>,
     /// Set when more results follow.
     pub next: Option<String>,
+}
+
+/// Which repositories a catalog shows: those the SQL filter for `viewer` returns and `keep`
+/// accepts (an API key's scopes).
+pub struct CatalogFilter<'a> {
+    /// Whose rights the SQL applies.
+    pub viewer: Viewer,
+    /// A further filter on names.
+    pub keep: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 impl Page {
@@ -57,13 +67,28 @@ impl Registry {
         Ok(page.finish(items))
     }
 
-    /// Repository names in the catalog.
-    pub async fn catalog(&self, page: &Page) -> Result<PageOf> {
+    /// Repository names in the catalog that `filter` lets the caller see: those it may pull.
+    /// Names an API key's scopes exclude are skipped page by page, so a page is full whenever
+    /// enough names follow.
+    pub async fn catalog(&self, page: &Page, filter: &CatalogFilter<'_>) -> Result<PageOf> {
         if page.limit() == 0 {
             return Ok(PageOf { items: Vec::new(), next: None });
         }
         let client = self.client().await?;
-        let items = registry::list_repositories(&client, page.last.as_deref(), page.limit() + 1).await?;
+        let wanted = usize::try_from(page.limit()).unwrap_or(usize::MAX).saturating_add(1);
+        let mut items = Vec::new();
+        let mut last = page.last.clone();
+        loop {
+            let batch =
+                tenancy::list_visible_repositories(&client, filter.viewer, last.as_deref(), page.limit() + 1).await?;
+            let exhausted = batch.len() < usize::try_from(page.limit() + 1).unwrap_or(usize::MAX);
+            last = batch.last().cloned();
+            items.extend(batch.into_iter().filter(|name| (filter.keep)(name)));
+            if exhausted || items.len() >= wanted {
+                break;
+            }
+        }
+        items.truncate(wanted);
         Ok(page.finish(items))
     }
 

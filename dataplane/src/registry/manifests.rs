@@ -1,13 +1,13 @@
 //! Manifests and tags: validation against the repository's content, byte-exact storage,
 //! tag moves and deletes.
 
+use aerugo_db::GenericClient;
 use aerugo_db::registry::{self, ManifestDeletion, NewManifest};
-use aerugo_db::{GenericClient, audit};
 use aerugo_oci::manifest::{self, ParsedManifest};
 use aerugo_oci::{Digest, Reference, RepoName};
 use serde_json::json;
 
-use super::{ANONYMOUS, Registry};
+use super::{Actor, Registry};
 use crate::error::{RegistryError, Result};
 
 /// A manifest as served.
@@ -52,6 +52,7 @@ impl Registry {
         reference: &Reference,
         content_type: Option<&str>,
         payload: &[u8],
+        actor: &Actor,
     ) -> Result<(Digest, Option<Digest>)> {
         let parsed = manifest::parse(payload, content_type)?;
         let digest = Digest::sha256_of(payload);
@@ -61,7 +62,7 @@ impl Registry {
             return Err(RegistryError::DigestInvalid(format!("manifest has digest {digest}, not {expected}")));
         }
         let mut client = self.client().await?;
-        let repo = self.repository_for_push(&client, name).await?;
+        let repo = self.repository_for_push(&client, name, actor).await?;
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
         let child_ids = check_references(&tx, repo.id, &parsed).await?;
         let blob_digests: Vec<String> = dedup(parsed.blobs.iter().map(|b| b.digest.to_string()));
@@ -87,20 +88,20 @@ impl Registry {
             registry::put_tag(&tx, repo.id, tag.as_str(), id).await?;
         }
         registry::touch_repository(&tx, repo.id).await?;
-        audit::record(
-            &tx,
-            ANONYMOUS,
-            "manifest.push",
-            &repo.name,
-            json!({ "digest": digest, "reference": reference.to_string(), "mediaType": parsed.media_type }),
-        )
-        .await?;
+        actor
+            .record(
+                &tx,
+                "manifest.push",
+                &repo,
+                json!({ "digest": digest, "reference": reference.to_string(), "mediaType": parsed.media_type }),
+            )
+            .await?;
         tx.commit().await.map_err(aerugo_db::Error::from)?;
         Ok((digest, parsed.subject.map(|s| s.digest)))
     }
 
     /// Deletes a tag (by tag) or a manifest and every tag on it (by digest).
-    pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference) -> Result<()> {
+    pub async fn delete_manifest(&self, name: &RepoName, reference: &Reference, actor: &Actor) -> Result<()> {
         let mut client = self.client().await?;
         let repo = self.repository(&client, name).await?;
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
@@ -109,7 +110,7 @@ impl Registry {
                 if !registry::delete_tag(&tx, repo.id, tag.as_str()).await? {
                     return Err(RegistryError::ManifestUnknown(tag.to_string()));
                 }
-                audit::record(&tx, ANONYMOUS, "tag.delete", &repo.name, json!({ "tag": tag.as_str() })).await?;
+                actor.record(&tx, "tag.delete", &repo, json!({ "tag": tag.as_str() })).await?;
             }
             Reference::Digest(digest) => {
                 match registry::delete_manifest(&tx, repo.id, digest.as_str()).await? {
@@ -121,7 +122,7 @@ impl Registry {
                     }
                     ManifestDeletion::Deleted => {}
                 }
-                audit::record(&tx, ANONYMOUS, "manifest.delete", &repo.name, json!({ "digest": digest })).await?;
+                actor.record(&tx, "manifest.delete", &repo, json!({ "digest": digest })).await?;
             }
         }
         tx.commit().await.map_err(aerugo_db::Error::from)?;

@@ -8,11 +8,13 @@ mod manifests;
 mod uploads;
 
 use aerugo_db::registry::Repository;
-use aerugo_db::{GenericClient, Pool, PooledClient, registry};
+use aerugo_db::{GenericClient, Pool, PooledClient, audit, registry, tenancy};
 use aerugo_oci::RepoName;
 use aerugo_storage::{AnyStore, BlobStore};
+use serde_json::Value;
 
 pub use blobs::BlobBody;
+pub use listing::CatalogFilter;
 pub use listing::{Page, PageOf};
 pub use manifests::StoredManifest;
 pub use uploads::{StartUpload, UploadProgress};
@@ -20,8 +22,33 @@ pub use uploads::{StartUpload, UploadProgress};
 use crate::config::Settings;
 use crate::error::{RegistryError, Result};
 
-/// Actor recorded in audit events until authentication names one.
-const ANONYMOUS: &str = "anonymous";
+/// Who performs a write, as the audit log records it. Handlers build it from the authorized
+/// caller; the core only records it.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// Username, `key:<id>` for an organization key, or `anonymous`.
+    pub name: String,
+    /// Client address.
+    pub source: Option<String>,
+    /// A site administrator: a push may create a missing organization.
+    pub site_admin: bool,
+}
+
+impl Actor {
+    /// Records `action` on `repo` by this actor, in the caller's transaction.
+    async fn record(&self, client: &impl GenericClient, action: &str, repo: &Repository, detail: Value) -> Result<()> {
+        let event = audit::Event {
+            actor: &self.name,
+            action,
+            target: &repo.name,
+            org_id: Some(repo.org_id),
+            source: self.source.as_deref(),
+            allowed: true,
+            detail,
+        };
+        Ok(audit::record(client, &event).await?)
+    }
+}
 
 /// The registry core, shared by every worker of a node.
 pub struct Registry {
@@ -66,14 +93,37 @@ impl Registry {
             .ok_or_else(|| RegistryError::NameUnknown(name.to_string()))
     }
 
-    /// The repository `name`, created on first push in the organization named by its first
-    /// path segment.
-    async fn repository_for_push(&self, client: &impl GenericClient, name: &RepoName) -> Result<Repository> {
+    /// The repository `name`, created on first push where its organization (named by the
+    /// first path segment) creates repositories on push. A site administrator's push also
+    /// creates a missing organization. The caller was authorized to push to `name` already.
+    async fn repository_for_push(
+        &self,
+        client: &impl GenericClient,
+        name: &RepoName,
+        actor: &Actor,
+    ) -> Result<Repository> {
         if let Some(repo) = registry::find_repository(client, name.as_str()).await? {
             return Ok(repo);
         }
-        let org_id = registry::ensure_organization(client, name.namespace()).await?;
+        let org_id = match tenancy::organization(client, name.namespace()).await? {
+            Some(org) if org.auto_create_repos || actor.site_admin => org.id,
+            Some(org) => {
+                return Err(RegistryError::NameUnknown(format!(
+                    "repository {name} does not exist and organization {} does not create repositories on push",
+                    org.name
+                )));
+            }
+            None if actor.site_admin => registry::ensure_organization(client, name.namespace()).await?,
+            None => {
+                return Err(RegistryError::NameUnknown(format!("organization {} does not exist", name.namespace())));
+            }
+        };
         Ok(registry::ensure_repository(client, org_id, name.as_str()).await?)
+    }
+
+    /// The configured public base URL, without a trailing slash.
+    pub fn public_url(&self) -> Option<&str> {
+        self.settings.public_url.as_deref()
     }
 
     /// An absolute URL when a public base URL is configured, else an absolute path.

@@ -4,7 +4,7 @@
 use std::fmt::Display;
 
 use aerugo_db::registry::Repository;
-use aerugo_db::{PooledClient, audit, registry, uploads};
+use aerugo_db::{PooledClient, registry, uploads};
 use aerugo_oci::range::ChunkRange;
 use aerugo_oci::{Digest, RepoName, ResumableSha256};
 use aerugo_storage::{AnyWriter, BlobStore, UploadState, UploadWriter};
@@ -13,7 +13,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::{ANONYMOUS, Registry};
+use super::{Actor, Registry};
 use crate::error::{RegistryError, Result};
 
 /// Where an upload stands, as the `Location`/`Range` headers report it.
@@ -61,6 +61,7 @@ impl Registry {
     pub async fn start_upload<S, E>(
         &self,
         name: &RepoName,
+        actor: &Actor,
         mount: Option<(Digest, Option<RepoName>)>,
         monolithic: Option<(Digest, S)>,
     ) -> Result<StartUpload>
@@ -69,9 +70,9 @@ impl Registry {
         E: Display,
     {
         let mut client = self.client().await?;
-        let repo = self.repository_for_push(&client, name).await?;
+        let repo = self.repository_for_push(&client, name, actor).await?;
         if let Some((digest, from)) = mount
-            && mount_blob(&mut client, &repo, &digest, from.as_ref()).await?
+            && mount_blob(&mut client, &repo, &digest, from.as_ref(), actor).await?
         {
             return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
         }
@@ -81,7 +82,7 @@ impl Registry {
             let id = Uuid::new_v4();
             let writer = self.store.resume_upload(id, UploadState::default(), Vec::new()).await?;
             let written = write_body(writer, ResumableSha256::new(), 0, body).await?;
-            self.publish(&repo, id, written, &digest).await?;
+            self.publish(&repo, id, written, &digest, actor).await?;
             return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
         }
         let id = Uuid::new_v4();
@@ -132,6 +133,7 @@ impl Registry {
     pub async fn finish_upload<S, E>(
         &self,
         name: &RepoName,
+        actor: &Actor,
         id: Uuid,
         digest: &Digest,
         range: Option<ChunkRange>,
@@ -147,7 +149,7 @@ impl Registry {
             return Err(RegistryError::BlobUploadUnknown);
         }
         drop(client);
-        self.publish(&repo, id, written, digest).await?;
+        self.publish(&repo, id, written, digest, actor).await?;
         Ok(self.blob_url(name, digest))
     }
 
@@ -244,7 +246,14 @@ impl Registry {
 
     /// Verifies the content against `digest` and makes the blob visible in `repo`; on a
     /// mismatch the upload's storage is released and nothing becomes visible.
-    async fn publish(&self, repo: &Repository, id: Uuid, written: Written<AnyWriter>, digest: &Digest) -> Result<()> {
+    async fn publish(
+        &self,
+        repo: &Repository,
+        id: Uuid,
+        written: Written<AnyWriter>,
+        digest: &Digest,
+        actor: &Actor,
+    ) -> Result<()> {
         let computed = written.hasher.finish();
         if &computed != digest {
             let (state, _) = written.writer.pause().await?;
@@ -257,7 +266,7 @@ impl Registry {
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
         registry::insert_blob(&tx, digest.as_str(), size, &key).await?;
         registry::link_blob(&tx, repo.id, digest.as_str()).await?;
-        audit::record(&tx, ANONYMOUS, "blob.push", &repo.name, json!({ "digest": digest, "size": size })).await?;
+        actor.record(&tx, "blob.push", &repo, json!({ "digest": digest, "size": size })).await?;
         tx.commit().await.map_err(aerugo_db::Error::from)?;
         tracing::debug!(repo = %repo.name, %digest, size_bytes = size, "blob stored");
         Ok(())
@@ -271,6 +280,7 @@ async fn mount_blob(
     repo: &Repository,
     digest: &Digest,
     from: Option<&RepoName>,
+    actor: &Actor,
 ) -> Result<bool> {
     if registry::repository_blob(&*client, repo.id, digest.as_str()).await?.is_some() {
         return Ok(true);
@@ -284,7 +294,7 @@ async fn mount_blob(
         return Ok(false);
     }
     registry::link_blob(&tx, repo.id, digest.as_str()).await?;
-    audit::record(&tx, ANONYMOUS, "blob.mount", &repo.name, json!({ "digest": digest, "from": from.as_str() })).await?;
+    actor.record(&tx, "blob.mount", &repo, json!({ "digest": digest, "from": from.as_str() })).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
     Ok(true)
 }

@@ -6,15 +6,16 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::{HeadBody, digest, header as header_value, repo_name};
 use crate::Registry;
-use crate::auth::{Action, Caller};
+use crate::auth::Caller;
 use crate::error::Result;
 use crate::registry::BlobBody;
+use aerugo_auth::Action;
 
 type Path = web::Path<(String, String)>;
 
 pub(super) async fn head(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
     let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
-    caller.authorize(&name, Action::Pull)?;
+    caller.authorize(&name, Action::Pull).await?;
     let blob = registry.blob(&name, &digest).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
@@ -31,7 +32,7 @@ pub(super) async fn get(
     req: HttpRequest,
 ) -> Result<HttpResponse> {
     let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
-    caller.authorize(&name, Action::Pull)?;
+    caller.authorize(&name, Action::Pull).await?;
     let (blob, body) = registry.read_blob(&name, &digest, header_value(&req, "range")).await?;
     let size = u64::try_from(blob.size).unwrap_or(0);
     Ok(match body {
@@ -56,7 +57,7 @@ pub(super) async fn get(
 
 pub(super) async fn delete(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
     let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
-    caller.authorize(&name, Action::Delete)?;
-    registry.delete_blob(&name, &digest).await?;
+    let actor = caller.authorize(&name, Action::Delete).await?;
+    registry.delete_blob(&name, &digest, &actor).await?;
     Ok(HttpResponse::Accepted().finish())
 }

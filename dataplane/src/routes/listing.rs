@@ -7,9 +7,10 @@ use serde_json::{Map, Value, json};
 
 use super::{digest, query, repo_name};
 use crate::Registry;
-use crate::auth::{Action, Caller};
+use crate::auth::Caller;
 use crate::error::{RegistryError, Result};
-use crate::registry::{Page, PageOf};
+use crate::registry::{CatalogFilter, Page, PageOf};
+use aerugo_auth::Action;
 
 fn page(req: &HttpRequest) -> Result<Page> {
     let n =
@@ -34,9 +35,12 @@ fn link(response: &mut actix_web::HttpResponseBuilder, path: &str, page: &Page, 
     }
 }
 
-pub(super) async fn catalog(registry: web::Data<Registry>, req: HttpRequest) -> Result<HttpResponse> {
+pub(super) async fn catalog(registry: web::Data<Registry>, caller: Caller, req: HttpRequest) -> Result<HttpResponse> {
     let page = page(&req)?;
-    let result = registry.catalog(&page).await?;
+    let seen = caller.catalog_viewer().await?;
+    let key = seen.principal.as_ref().and_then(|p| p.key.as_ref());
+    let keep = |name: &str| key.is_none_or(|k| k.scopes.allowed(name).contains(Action::Pull));
+    let result = registry.catalog(&page, &CatalogFilter { viewer: seen.viewer, keep: &keep }).await?;
     let body = json!({ "repositories": result.items });
     let mut response = HttpResponse::Ok();
     response.content_type("application/json");
@@ -51,7 +55,7 @@ pub(super) async fn tags(
     req: HttpRequest,
 ) -> Result<HttpResponse> {
     let name = repo_name(&path)?;
-    caller.authorize(&name, Action::Pull)?;
+    caller.authorize(&name, Action::Pull).await?;
     let page = page(&req)?;
     let result = registry.tags(&name, &page).await?;
     let body = json!({ "name": name.as_str(), "tags": result.items });
@@ -68,7 +72,7 @@ pub(super) async fn referrers(
     req: HttpRequest,
 ) -> Result<HttpResponse> {
     let (name, subject) = (repo_name(&path.0)?, digest(&path.1)?);
-    caller.authorize(&name, Action::Pull)?;
+    caller.authorize(&name, Action::Pull).await?;
     let artifact_type = query(&req, "artifactType");
     let found = registry.referrers(&name, &subject, artifact_type.as_deref()).await?;
     let manifests: Vec<Value> = found

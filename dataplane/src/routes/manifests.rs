@@ -8,9 +8,10 @@ use futures_util::StreamExt;
 
 use super::{header as header_value, repo_name};
 use crate::Registry;
-use crate::auth::{Action, Caller};
+use crate::auth::Caller;
 use crate::error::{RegistryError, Result};
 use crate::registry::StoredManifest;
+use aerugo_auth::Action;
 
 type Path = web::Path<(String, String)>;
 
@@ -28,7 +29,7 @@ fn found(manifest: StoredManifest) -> HttpResponse {
 
 pub(super) async fn get(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
     let (name, reference) = parse(&path)?;
-    caller.authorize(&name, Action::Pull)?;
+    caller.authorize(&name, Action::Pull).await?;
     Ok(found(registry.manifest(&name, &reference).await?))
 }
 
@@ -45,7 +46,7 @@ pub(super) async fn put(
     mut body: web::Payload,
 ) -> Result<HttpResponse> {
     let (name, reference) = parse(&path)?;
-    caller.authorize(&name, Action::Push)?;
+    let actor = caller.authorize(&name, Action::Push).await?;
     let too_large = || RegistryError::SizeInvalid {
         over_limit: true,
         detail: format!("manifests are limited to {MAX_MANIFEST_BYTES} bytes"),
@@ -63,7 +64,7 @@ pub(super) async fn put(
         payload.extend_from_slice(&chunk);
     }
     let content_type = header_value(&req, "content-type");
-    let (digest, subject) = registry.put_manifest(&name, &reference, content_type, &payload).await?;
+    let (digest, subject) = registry.put_manifest(&name, &reference, content_type, &payload, &actor).await?;
     let mut response = HttpResponse::Created();
     response
         .insert_header((header::LOCATION, registry.url(&format!("/v2/{name}/manifests/{digest}"))))
@@ -76,7 +77,7 @@ pub(super) async fn put(
 
 pub(super) async fn delete(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
     let (name, reference) = parse(&path)?;
-    caller.authorize(&name, Action::Delete)?;
-    registry.delete_manifest(&name, &reference).await?;
+    let actor = caller.authorize(&name, Action::Delete).await?;
+    registry.delete_manifest(&name, &reference, &actor).await?;
     Ok(HttpResponse::Accepted().finish())
 }

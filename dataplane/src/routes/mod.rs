@@ -9,6 +9,7 @@
 mod blobs;
 mod listing;
 mod manifests;
+mod token;
 mod uploads;
 
 use std::convert::Infallible;
@@ -20,6 +21,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use aerugo_oci::{Digest, RepoName};
 use bytes::Bytes;
 
+use crate::auth::Caller;
 use crate::error::{RegistryError, Result};
 
 /// Header naming the API version, sent on every response.
@@ -28,6 +30,7 @@ pub const API_VERSION_HEADER: (&str, &str) = ("Docker-Distribution-API-Version",
 /// Registers every `/v2/` route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource(["/v2", "/v2/"]).route(web::get().to(api_version)).route(web::head().to(api_version)))
+        .service(web::resource("/v2/token").route(web::get().to(token::get)).route(web::post().to(token::post)))
         .service(web::resource("/v2/_catalog").route(web::get().to(listing::catalog)))
         .service(web::resource("/v2/{name:.+}/tags/list").route(web::get().to(listing::tags)))
         .service(
@@ -57,8 +60,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/v2/{name:.+}/referrers/{digest}").route(web::get().to(listing::referrers)));
 }
 
-async fn api_version() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body("{}")
+/// `/v2/`: confirms the API and, like every endpoint, challenges callers without valid
+/// credentials so clients learn where to get a token.
+async fn api_version(caller: Caller) -> Result<HttpResponse> {
+    caller.authenticated().await?;
+    Ok(HttpResponse::Ok().content_type("application/json").body("{}"))
 }
 
 /// Answer for paths under `/v2/` that name no endpoint.

@@ -8,9 +8,10 @@ use uuid::Uuid;
 
 use super::{digest, header as header_value, query, repo_name};
 use crate::Registry;
-use crate::auth::{Action, Caller};
+use crate::auth::Caller;
 use crate::error::{RegistryError, Result, upload_range};
 use crate::registry::{StartUpload, UploadProgress};
+use aerugo_auth::Action;
 
 type Path = web::Path<(String, String)>;
 
@@ -45,20 +46,25 @@ pub(super) async fn start(
     body: web::Payload,
 ) -> Result<HttpResponse> {
     let name = repo_name(&path)?;
-    caller.authorize(&name, Action::Push)?;
+    let actor = caller.authorize(&name, Action::Push).await?;
+    // A `from` that is no valid name, or that the caller may not pull, cannot lend the blob:
+    // the request falls back to an upload, exactly as if the blob were not there.
     let mount = match query(&req, "mount") {
-        // A `from` that is no valid name cannot hold the blob: fall back to an upload.
-        Some(d) => Some((digest(&d)?, query(&req, "from").and_then(|f| f.parse().ok()))),
+        Some(d) => {
+            let from: Option<aerugo_oci::RepoName> = query(&req, "from").and_then(|f| f.parse().ok());
+            let readable = match &from {
+                Some(from) => caller.may(from, Action::Pull).await,
+                None => false,
+            };
+            Some((digest(&d)?, from.filter(|_| readable)))
+        }
         None => None,
     };
-    if let Some((_, Some(from))) = &mount {
-        caller.authorize(from, Action::Pull)?;
-    }
     let monolithic = match (&mount, query(&req, "digest")) {
         (None, Some(d)) => Some((digest(&d)?, body)),
         _ => None,
     };
-    Ok(match registry.start_upload(&name, mount, monolithic).await? {
+    Ok(match registry.start_upload(&name, &actor, mount, monolithic).await? {
         StartUpload::Session(p) => progress(actix_web::http::StatusCode::ACCEPTED, &p),
         StartUpload::Done { digest, location } => created(&location, digest.as_str()),
     })
@@ -72,7 +78,7 @@ pub(super) async fn patch(
     body: web::Payload,
 ) -> Result<HttpResponse> {
     let (name, id) = (repo_name(&path.0)?, upload_id(&path.1)?);
-    caller.authorize(&name, Action::Push)?;
+    caller.authorize(&name, Action::Push).await?;
     let p = registry.append_upload(&name, id, content_range(&req)?, body).await?;
     Ok(progress(actix_web::http::StatusCode::ACCEPTED, &p))
 }
@@ -85,25 +91,25 @@ pub(super) async fn put(
     body: web::Payload,
 ) -> Result<HttpResponse> {
     let (name, id) = (repo_name(&path.0)?, upload_id(&path.1)?);
-    caller.authorize(&name, Action::Push)?;
+    let actor = caller.authorize(&name, Action::Push).await?;
     let digest = digest(
         &query(&req, "digest")
             .ok_or_else(|| RegistryError::DigestInvalid("the final PUT of an upload needs ?digest=".into()))?,
     )?;
-    let location = registry.finish_upload(&name, id, &digest, content_range(&req)?, body).await?;
+    let location = registry.finish_upload(&name, &actor, id, &digest, content_range(&req)?, body).await?;
     Ok(created(&location, digest.as_str()))
 }
 
 pub(super) async fn status(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
     let (name, id) = (repo_name(&path.0)?, upload_id(&path.1)?);
-    caller.authorize(&name, Action::Push)?;
+    caller.authorize(&name, Action::Push).await?;
     let p = registry.upload_status(&name, id).await?;
     Ok(progress(actix_web::http::StatusCode::NO_CONTENT, &p))
 }
 
 pub(super) async fn cancel(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
     let (name, id) = (repo_name(&path.0)?, upload_id(&path.1)?);
-    caller.authorize(&name, Action::Push)?;
+    caller.authorize(&name, Action::Push).await?;
     registry.cancel_upload(&name, id).await?;
     Ok(HttpResponse::NoContent().finish())
 }

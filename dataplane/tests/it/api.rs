@@ -10,7 +10,7 @@ use crate::harness::*;
 #[actix_web::test]
 async fn invalid_names_tags_and_digests_are_400_with_their_codes() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let cases = [
         ("/v2/UPPER/manifests/latest", "NAME_INVALID"),
         ("/v2/a..b/tags/list", "NAME_INVALID"),
@@ -30,7 +30,7 @@ async fn invalid_names_tags_and_digests_are_400_with_their_codes() {
 #[actix_web::test]
 async fn multi_segment_names_route_to_the_right_endpoint() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     // `manifests`, `blobs` and `tags` are valid name components; the suffix decides.
     for repo in ["a", "org/team/app", "x/manifests/y", "x/blobs/uploads/z", "t/tags/list/u"] {
         let digest = push_image(&app, repo, "v1", 3).await;
@@ -50,7 +50,7 @@ async fn multi_segment_names_route_to_the_right_endpoint() {
 #[actix_web::test]
 async fn unknown_paths_and_methods_are_not_500() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     assert_eq!(call(&app, Method::GET, "/v2/foo/bar").await.status, StatusCode::NOT_FOUND);
     assert_eq!(call(&app, Method::GET, "/nope").await.status, StatusCode::NOT_FOUND);
     assert_eq!(call(&app, Method::POST, "/v2/foo/manifests/x").await.status, StatusCode::METHOD_NOT_ALLOWED);
@@ -59,7 +59,7 @@ async fn unknown_paths_and_methods_are_not_500() {
 #[actix_web::test]
 async fn chunked_upload_with_content_range_and_status() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let data = bytes_of(300_000, 1);
     let mut location = start_upload(&app, "chunky").await;
     for (i, chunk) in data.chunks(100_000).enumerate() {
@@ -96,7 +96,7 @@ async fn chunked_upload_with_content_range_and_status() {
 #[actix_web::test]
 async fn streamed_patch_without_content_range_then_empty_put() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let data = bytes_of(1 << 20, 2);
     let location = start_upload(&app, "streamed").await;
     let reply = send(&app, TestRequest::patch().uri(&location).set_payload(data.clone())).await;
@@ -114,7 +114,7 @@ async fn streamed_patch_without_content_range_then_empty_put() {
 #[actix_web::test]
 async fn put_with_final_chunk_completes_the_upload() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let data = bytes_of(5000, 3);
     let location = start_upload(&app, "final").await;
     let reply = send(&app, TestRequest::patch().uri(&location).set_payload(data[..2000].to_vec())).await;
@@ -135,7 +135,7 @@ async fn put_with_final_chunk_completes_the_upload() {
 #[actix_web::test]
 async fn out_of_order_chunk_is_416_and_the_session_stays_resumable() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let data = bytes_of(3000, 4);
     let location = start_upload(&app, "ooo").await;
     let first = send(
@@ -190,7 +190,7 @@ async fn out_of_order_chunk_is_416_and_the_session_stays_resumable() {
 #[actix_web::test]
 async fn digest_mismatch_stores_nothing() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let data = b"the real content".to_vec();
     let wrong = Digest::sha256_of(b"something else");
     let reply =
@@ -215,7 +215,7 @@ async fn digest_mismatch_stores_nothing() {
 #[actix_web::test]
 async fn unknown_and_cancelled_uploads_are_blob_upload_unknown() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     push_image(&app, "up", "v1", 1).await;
     for uri in ["/v2/up/blobs/uploads/not-a-uuid", "/v2/up/blobs/uploads/5f0e2a8e-0000-4000-8000-000000000000"] {
         let reply = call(&app, Method::GET, uri).await;
@@ -235,7 +235,7 @@ async fn unknown_and_cancelled_uploads_are_blob_upload_unknown() {
 #[actix_web::test]
 async fn expired_uploads_are_removed_with_their_storage() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let location = start_upload(&app, "exp").await;
     send(&app, TestRequest::patch().uri(&location).set_payload(vec![7u8; 1000])).await;
     let client = aerugo_db::pool(&reg.database_url, 1).expect("pool").get().await.expect("conn");
@@ -248,7 +248,7 @@ async fn expired_uploads_are_removed_with_their_storage() {
 #[actix_web::test]
 async fn cross_repository_mount() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let digest = push_blob(&app, "src/repo", b"shared layer").await;
     let reply = call(&app, Method::POST, &format!("/v2/dst/repo/blobs/uploads/?mount={digest}&from=src/repo")).await;
     assert_eq!(reply.status, StatusCode::CREATED);
@@ -264,7 +264,7 @@ async fn cross_repository_mount() {
 #[actix_web::test]
 async fn blob_ranges_and_head() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let data = bytes_of(10_000, 5);
     let digest = push_blob(&app, "ranges", &data).await;
     let uri = format!("/v2/ranges/blobs/{digest}");
@@ -286,7 +286,7 @@ async fn blob_ranges_and_head() {
 #[actix_web::test]
 async fn blob_delete_is_refused_while_a_manifest_uses_it() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let config = b"{}".to_vec();
     let c = push_blob(&app, "del", &config).await;
     let manifest = image_manifest(&(c.clone(), config.len()), &[]);
@@ -305,7 +305,7 @@ async fn blob_delete_is_refused_while_a_manifest_uses_it() {
 #[actix_web::test]
 async fn manifest_validation_errors() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let config = b"{}".to_vec();
     let c = push_blob(&app, "val", &config).await;
     let missing = Digest::sha256_of(b"never pushed");
@@ -333,7 +333,7 @@ async fn manifest_validation_errors() {
 #[actix_web::test]
 async fn index_requires_its_children_and_protects_them() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let child = push_image(&app, "multi", "amd64", 1).await;
     let child_len = call(&app, Method::GET, &format!("/v2/multi/manifests/{child}")).await.body.len();
     let absent = Digest::sha256_of(b"absent manifest");
@@ -360,7 +360,7 @@ async fn index_requires_its_children_and_protects_them() {
 #[actix_web::test]
 async fn docker_schema2_is_stored_and_served_byte_exact() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     let c = push_blob(&app, "docker", &config).await;
     // Unusual whitespace and key order must survive untouched.
@@ -378,7 +378,7 @@ async fn docker_schema2_is_stored_and_served_byte_exact() {
 #[actix_web::test]
 async fn tags_move_and_delete() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let first = push_image(&app, "moving", "latest", 1).await;
     let second = push_image(&app, "moving", "latest", 2).await;
     assert_ne!(first, second);
@@ -395,7 +395,7 @@ async fn tags_move_and_delete() {
 #[actix_web::test]
 async fn pagination_of_tags_and_catalog() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let digest = push_image(&app, "pages", "t0", 1).await;
     let manifest = call(&app, Method::GET, &format!("/v2/pages/manifests/{digest}")).await.body;
     // Byte order, not locale order: upper case before lower case, "1" < "10" < "2".
@@ -438,7 +438,7 @@ async fn pagination_of_tags_and_catalog() {
 #[actix_web::test]
 async fn referrers_with_artifact_type_filter() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let subject = push_image(&app, "refs", "v1", 1).await;
     let subject_len = call(&app, Method::GET, "/v2/refs/manifests/v1").await.body.len();
     let empty = push_blob(&app, "refs", b"{}").await;
@@ -482,7 +482,7 @@ async fn referrers_with_artifact_type_filter() {
 #[actix_web::test]
 async fn health_endpoints() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     assert_eq!(call(&app, Method::GET, "/healthz").await.status, StatusCode::OK);
     assert_eq!(call(&app, Method::GET, "/readyz").await.status, StatusCode::OK);
 }
@@ -496,7 +496,9 @@ async fn database_outage_is_503_with_retry_after() {
     // Nothing listens on port 1.
     let pool = aerugo_db::pool("postgres://postgres@127.0.0.1:1/none", 2).expect("pool");
     let registry = actix_web::web::Data::new(aerugo_dataplane::Registry::new(pool, store, settings));
-    let app = app(&registry).await;
+    let auth = test_auth("postgres://postgres@127.0.0.1:1/none");
+    let admin = basic("admin", "ak_0000000000000000_0000000000000000000000000000000000000000000000000000000000000000");
+    let app = app_with(&registry, &auth, &metrics(), Some(&admin)).await;
     let reply = call(&app, Method::GET, "/v2/x/manifests/latest").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(reply.header("retry-after"), Some("5"));
@@ -506,7 +508,7 @@ async fn database_outage_is_503_with_retry_after() {
 #[actix_web::test]
 async fn concurrent_first_pushes_into_a_new_repository_all_succeed() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     // Clients push layers in parallel; the first requests race to create org and repository.
     let blobs: Vec<Vec<u8>> = (0..8u64).map(|i| bytes_of(1000, i)).collect();
     let pushes = blobs.iter().map(|data| push_blob(&app, "racing/new/repo", data));
@@ -524,7 +526,7 @@ async fn locations_use_the_public_url_when_configured() {
         ..aerugo_dataplane::config::Settings::default()
     };
     let reg = fs_registry_with(settings).await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let location = start_upload(&app, "pub").await;
     assert!(location.starts_with("https://registry.example.test/v2/pub/blobs/uploads/"), "{location}");
     let digest = push_blob(&app, "pub", b"x").await;
@@ -542,7 +544,7 @@ async fn locations_use_the_public_url_when_configured() {
 async fn metrics_count_requests_by_route_pattern_on_the_admin_app() {
     let reg = fs_registry().await;
     let metrics = actix_web::web::Data::new(aerugo_dataplane::metrics::Metrics::new().expect("metrics"));
-    let app = app_with(&reg.registry, &metrics).await;
+    let app = app_with(&reg.registry, &reg.auth, &metrics, Some(&reg.admin)).await;
     push_image(&app, "metered/app", "v1", 1).await;
     for _ in 0..3 {
         call(&app, Method::GET, "/v2/metered/app/manifests/v1").await;

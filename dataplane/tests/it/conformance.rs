@@ -16,7 +16,7 @@ use crate::harness::*;
 #[actix_web::test]
 async fn end_1_api_version_check_is_200() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     assert_eq!(call(&app, Method::GET, "/v2/").await.status, StatusCode::OK);
     assert_eq!(call(&app, Method::GET, "/v2").await.status, StatusCode::OK);
 }
@@ -27,7 +27,7 @@ async fn end_1_api_version_check_is_200() {
 #[actix_web::test]
 async fn pull_manifest_by_tag_and_digest() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let digest = push_image(&app, "pull/me", "tagged", 1).await;
     for reference in ["tagged", digest.as_str()] {
         let reply = call(&app, Method::GET, &format!("/v2/pull/me/manifests/{reference}")).await;
@@ -42,7 +42,7 @@ async fn pull_manifest_by_tag_and_digest() {
 #[actix_web::test]
 async fn pull_missing_manifest_is_404_manifest_unknown() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     push_image(&app, "pull/missing", "here", 1).await;
     for reference in ["absent", Digest::sha256_of(b"x").as_str()] {
         let reply = call(&app, Method::GET, &format!("/v2/pull/missing/manifests/{reference}")).await;
@@ -60,7 +60,7 @@ async fn pull_missing_manifest_is_404_manifest_unknown() {
 #[actix_web::test]
 async fn head_manifest_and_blob() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let digest = push_image(&app, "head/me", "v1", 1).await;
     let get = call(&app, Method::GET, "/v2/head/me/manifests/v1").await;
     let head = call(&app, Method::HEAD, "/v2/head/me/manifests/v1").await;
@@ -82,7 +82,7 @@ async fn head_manifest_and_blob() {
 #[actix_web::test]
 async fn pull_blob() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let data = bytes_of(70_000, 9);
     let digest = push_blob(&app, "pull/blob", &data).await;
     let reply = call(&app, Method::GET, &format!("/v2/pull/blob/blobs/{digest}")).await;
@@ -102,7 +102,7 @@ async fn pull_blob() {
 #[actix_web::test]
 async fn push_blob_post_then_put() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let data = b"post then put".to_vec();
     let location = start_upload(&app, "push/two-step").await;
     let digest = Digest::sha256_of(&data);
@@ -124,7 +124,7 @@ async fn push_blob_post_then_put() {
 #[actix_web::test]
 async fn push_blob_monolithic_post() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let digest = push_blob(&app, "push/mono", b"single post").await;
     assert_eq!(call(&app, Method::GET, &format!("/v2/push/mono/blobs/{digest}")).await.body, "single post");
 }
@@ -135,7 +135,7 @@ async fn push_blob_monolithic_post() {
 #[actix_web::test]
 async fn push_blob_chunked_in_order_and_out_of_order() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let data = bytes_of(20, 2);
     let location = start_upload(&app, "push/chunks").await;
     let patch = |uri: String, range: &'static str, body: Vec<u8>| {
@@ -158,7 +158,7 @@ async fn push_blob_chunked_in_order_and_out_of_order() {
 #[actix_web::test]
 async fn upload_status_is_204_with_range() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let location = start_upload(&app, "push/status").await;
     let reply = call(&app, Method::GET, &location).await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
@@ -172,7 +172,7 @@ async fn upload_status_is_204_with_range() {
 #[actix_web::test]
 async fn push_manifest() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let config = b"{\"os\":\"linux\"}".to_vec();
     let c = push_blob(&app, "push/manifest", &config).await;
     let manifest = image_manifest(&(c, config.len()), &[]);
@@ -192,7 +192,7 @@ async fn push_manifest() {
 #[actix_web::test]
 async fn mount_blob_from_another_repository() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let digest = push_blob(&app, "mount/src", b"mountable").await;
     let reply = call(&app, Method::POST, &format!("/v2/mount/dst/blobs/uploads/?mount={digest}&from=mount/src")).await;
     assert_eq!(reply.status, StatusCode::CREATED);
@@ -207,7 +207,7 @@ async fn mount_blob_from_another_repository() {
 #[actix_web::test]
 async fn push_manifest_with_subject_not_yet_present() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let empty = push_blob(&app, "push/subject", b"{}").await;
     let subject = Digest::sha256_of(b"not pushed yet");
     let body = serde_json::to_vec(&json!({
@@ -233,7 +233,7 @@ async fn push_manifest_with_subject_not_yet_present() {
 #[actix_web::test]
 async fn tags_list_order_and_pagination() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let digest = push_image(&app, "disc/tags", "c", 1).await;
     let body = call(&app, Method::GET, &format!("/v2/disc/tags/manifests/{digest}")).await.body;
     for tag in ["a", "b", "d"] {
@@ -252,7 +252,7 @@ async fn tags_list_order_and_pagination() {
 #[actix_web::test]
 async fn referrers_api() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     push_image(&app, "disc/refs", "v1", 1).await;
     let reply =
         call(&app, Method::GET, &format!("/v2/disc/refs/referrers/{}?artifactType=x", Digest::sha256_of(b"s"))).await;
@@ -270,7 +270,7 @@ async fn referrers_api() {
 #[actix_web::test]
 async fn delete_tag_and_manifest() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let digest = push_image(&app, "mgmt/del", "v1", 1).await;
     assert_eq!(call(&app, Method::DELETE, "/v2/mgmt/del/manifests/v1").await.status, StatusCode::ACCEPTED);
     assert_eq!(call(&app, Method::GET, "/v2/mgmt/del/manifests/v1").await.status, StatusCode::NOT_FOUND);
@@ -285,7 +285,7 @@ async fn delete_tag_and_manifest() {
 #[actix_web::test]
 async fn delete_blob() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let digest = push_blob(&app, "mgmt/blob", b"bye").await;
     let uri = format!("/v2/mgmt/blob/blobs/{digest}");
     assert_eq!(call(&app, Method::DELETE, &uri).await.status, StatusCode::ACCEPTED);
@@ -299,7 +299,7 @@ async fn delete_blob() {
 #[actix_web::test]
 async fn error_bodies_have_code_message_detail() {
     let reg = fs_registry().await;
-    let app = app(&reg.registry).await;
+    let app = app(&reg).await;
     let reply = call(&app, Method::GET, "/v2/no/such/manifests/latest").await;
     let error = &reply.json()["errors"][0];
     assert!(error["code"].is_string() && error["message"].is_string());

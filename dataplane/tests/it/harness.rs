@@ -2,13 +2,19 @@
 
 use std::time::Duration;
 
+use actix_web::HttpMessage;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceResponse};
+use actix_web::http::header::HeaderValue;
 use actix_web::http::{Method, StatusCode};
 use actix_web::test::{self, TestRequest};
 use actix_web::web;
-use aerugo_dataplane::config::{RedirectMode, Settings};
+use aerugo_auth::apikey;
+use aerugo_auth::token::TokenKeys;
+use aerugo_dataplane::auth::Auth;
+use aerugo_dataplane::config::{AuthSettings, RedirectMode, Settings};
 use aerugo_dataplane::{Registry, server};
+use aerugo_db::tenancy;
 use aerugo_oci::Digest;
 use aerugo_storage::{AnyStore, FsStore, S3Config, S3Store};
 use bytes::Bytes;
@@ -20,11 +26,50 @@ pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-/// A registry under test: its database URL, the core, and what keeps its storage alive.
+/// A registry under test: its database URL, the core, authentication, and what keeps its
+/// storage alive. `admin` is the `Authorization` value of a site administrator's API key.
 pub struct TestRegistry {
     pub database_url: String,
     pub registry: web::Data<Registry>,
+    pub auth: web::Data<Auth>,
+    pub admin: String,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// Authentication over `database_url` with a fresh signing key.
+pub fn test_auth(database_url: &str) -> web::Data<Auth> {
+    let pool = aerugo_db::pool(database_url, 8).expect("pool");
+    web::Data::new(Auth::new(pool, TokenKeys::generate(), AuthSettings::default()))
+}
+
+/// Creates site administrator `admin` with an API key for every repository and action;
+/// returns the `Authorization` header value that presents the key.
+pub async fn seed_admin(database_url: &str) -> String {
+    let pool = aerugo_db::pool(database_url, 1).expect("pool");
+    let client = pool.get().await.expect("client");
+    let user = tenancy::upsert_site_admin(&client, "admin", "!no-password-login").await.expect("admin");
+    let key = apikey::generate().expect("key");
+    let scopes = json!([{ "repositories": "**", "actions": ["pull", "push", "delete"] }]);
+    tenancy::create_api_key(
+        &client,
+        &tenancy::NewApiKey {
+            key_id: &key.key_id,
+            key_hash: &key.secret_hash,
+            name: Some("test admin"),
+            owner_user_id: user.id,
+            scopes: &scopes,
+            expires_at: None,
+        },
+    )
+    .await
+    .expect("admin key");
+    basic("admin", &key.token)
+}
+
+/// `Basic base64(user:secret)`.
+pub fn basic(user: &str, secret: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}")))
 }
 
 pub async fn fresh_db() -> String {
@@ -41,7 +86,14 @@ pub async fn fs_registry_with(settings: Settings) -> TestRegistry {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = AnyStore::Fs(FsStore::new(dir.path()).await.expect("fs store"));
     let pool = aerugo_db::pool(&database_url, 8).expect("pool");
-    TestRegistry { database_url, registry: web::Data::new(Registry::new(pool, store, settings)), _dir: Some(dir) }
+    let admin = seed_admin(&database_url).await;
+    TestRegistry {
+        auth: test_auth(&database_url),
+        registry: web::Data::new(Registry::new(pool, store, settings)),
+        database_url,
+        admin,
+        _dir: Some(dir),
+    }
 }
 
 /// S3 settings from the environment `scripts/dev.sh test` sets up (a local Garage), with a
@@ -61,34 +113,56 @@ pub async fn s3_config() -> Option<S3Config> {
     Some(config)
 }
 
-/// A registry on `database_url` whose blobs live in the S3 bucket of `config`.
-pub fn s3_registry(database_url: &str, config: &S3Config, redirect: RedirectMode) -> web::Data<Registry> {
+/// A registry node on `database_url` whose blobs live in the S3 bucket of `config`.
+pub async fn s3_registry(database_url: &str, config: &S3Config, redirect: RedirectMode) -> TestRegistry {
     let pool = aerugo_db::pool(database_url, 8).expect("pool");
     let settings = Settings { redirect, presign_ttl: Duration::from_secs(60), ..Settings::default() };
-    web::Data::new(Registry::new(pool, AnyStore::S3(S3Store::new(config)), settings))
+    TestRegistry {
+        registry: web::Data::new(Registry::new(pool, AnyStore::S3(S3Store::new(config)), settings)),
+        auth: test_auth(database_url),
+        admin: seed_admin(database_url).await,
+        database_url: database_url.to_owned(),
+        _dir: None,
+    }
+}
+
+/// Fresh metrics.
+pub fn metrics() -> web::Data<aerugo_dataplane::metrics::Metrics> {
+    web::Data::new(aerugo_dataplane::metrics::Metrics::new().expect("metrics"))
 }
 
 pub trait App: Service<actix_http::Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error> {}
 impl<S> App for S where S: Service<actix_http::Request, Response = ServiceResponse<BoxBody>, Error = actix_web::Error> {}
 
-/// The real application around `registry`, ready for requests.
-pub async fn app(registry: &web::Data<Registry>) -> impl App + use<> {
-    let metrics = web::Data::new(aerugo_dataplane::metrics::Metrics::new().expect("metrics"));
-    app_with(registry, &metrics).await
+/// The real application of `t`; requests without an `Authorization` header are sent as the
+/// site administrator.
+pub async fn app(t: &TestRegistry) -> impl App + use<> {
+    app_with(&t.registry, &t.auth, &metrics(), Some(&t.admin)).await
 }
 
-/// The real application around `registry`, recording into `metrics`.
+/// The real application of `t`, sending requests exactly as given (anonymous unless they
+/// carry credentials).
+pub async fn raw_app(t: &TestRegistry) -> impl App + use<> {
+    app_with(&t.registry, &t.auth, &metrics(), None).await
+}
+
+/// The real application around `registry` and `auth`, recording into `metrics`, adding
+/// `default_auth` to requests that carry no credentials.
 pub async fn app_with(
     registry: &web::Data<Registry>,
+    auth: &web::Data<Auth>,
     metrics: &web::Data<aerugo_dataplane::metrics::Metrics>,
+    default_auth: Option<&str>,
 ) -> impl App + use<> {
-    let service = test::init_service(server::app(registry.clone(), metrics.clone())).await;
-    BoxedApp { inner: service }
+    let service = test::init_service(server::app(registry.clone(), auth.clone(), metrics.clone())).await;
+    BoxedApp { inner: service, default_auth: default_auth.map(|a| HeaderValue::from_str(a).expect("header")) }
 }
 
-/// Adapts the app's concrete body type to `BoxBody` so helpers can be written once.
+/// Adapts the app's concrete body type to `BoxBody` so helpers can be written once, and adds
+/// default credentials.
 pub struct BoxedApp<S> {
     inner: S,
+    default_auth: Option<HeaderValue>,
 }
 
 impl<S, B> Service<actix_http::Request> for BoxedApp<S>
@@ -103,7 +177,12 @@ where
 
     actix_web::dev::forward_ready!(inner);
 
-    fn call(&self, req: actix_http::Request) -> Self::Future {
+    fn call(&self, mut req: actix_http::Request) -> Self::Future {
+        if let Some(auth) = &self.default_auth
+            && !req.headers().contains_key("authorization")
+        {
+            req.headers_mut().insert(actix_web::http::header::AUTHORIZATION, auth.clone());
+        }
         let fut = self.inner.call(req);
         Box::pin(async move { fut.await.map(|r| r.map_into_boxed_body()) })
     }

@@ -25,7 +25,7 @@ macro_rules! require_s3 {
 async fn presigned_pull_redirects_to_a_working_url() {
     let config = require_s3!();
     let db = fresh_db().await;
-    let registry = s3_registry(&db, &config, RedirectMode::Presign);
+    let registry = s3_registry(&db, &config, RedirectMode::Presign).await;
     let app = app(&registry).await;
     let data = bytes_of(100_000, 11);
     let digest = push_blob(&app, "s3/presign", &data).await;
@@ -42,8 +42,8 @@ async fn presigned_pull_redirects_to_a_working_url() {
 async fn multipart_upload_across_two_nodes_with_small_chunks() {
     let config = require_s3!();
     let db = fresh_db().await;
-    let node_a = app(&s3_registry(&db, &config, RedirectMode::Proxy)).await;
-    let node_b = app(&s3_registry(&db, &config, RedirectMode::Proxy)).await;
+    let node_a = app(&s3_registry(&db, &config, RedirectMode::Proxy).await).await;
+    let node_b = app(&s3_registry(&db, &config, RedirectMode::Proxy).await).await;
     // 12 MiB + a bit: two full 5 MiB parts and a last part, sent in 3 MiB chunks so every
     // request ends with a tail below the part minimum that the next node must pick up.
     let data = bytes_of(12 * 1024 * 1024 + 12_345, 12);
@@ -83,7 +83,7 @@ async fn multipart_upload_across_two_nodes_with_small_chunks() {
 async fn digest_mismatch_and_cancel_release_multipart_storage() {
     let config = require_s3!();
     let db = fresh_db().await;
-    let app = app(&s3_registry(&db, &config, RedirectMode::Proxy)).await;
+    let app = app(&s3_registry(&db, &config, RedirectMode::Proxy).await).await;
     let data = bytes_of(6 * 1024 * 1024, 13);
     let location = start_upload(&app, "s3/abort").await;
     let reply = send(&app, TestRequest::patch().uri(&location).set_payload(data.clone())).await;
@@ -109,7 +109,7 @@ async fn digest_mismatch_and_cancel_release_multipart_storage() {
 async fn a_blob_pushed_twice_is_stored_once_and_its_second_upload_released() {
     let config = require_s3!();
     let db = fresh_db().await;
-    let app = app(&s3_registry(&db, &config, RedirectMode::Proxy)).await;
+    let app = app(&s3_registry(&db, &config, RedirectMode::Proxy).await).await;
     let data = bytes_of(6 * 1024 * 1024, 14);
     let digest = Digest::sha256_of(&data);
     for repo in ["s3/first", "s3/second"] {
@@ -129,7 +129,7 @@ async fn a_blob_pushed_twice_is_stored_once_and_its_second_upload_released() {
 async fn parts_uploaded_concurrently_are_assembled_in_order() {
     let config = require_s3!();
     let db = fresh_db().await;
-    let app = app(&s3_registry(&db, &config, RedirectMode::Proxy)).await;
+    let app = app(&s3_registry(&db, &config, RedirectMode::Proxy).await).await;
     // One request carrying three full parts and a tail: parts overlap in flight, and the stored
     // object must still be the bytes in order (the digest check alone would not notice).
     let data = bytes_of(17 * 1024 * 1024 + 4321, 15);

@@ -1,0 +1,262 @@
+//! The [`Caller`] extractor of `/v2/` handlers: it reads the credentials of a request without
+//! checking them, and checks them when the handler asks for an action on a repository.
+//!
+//! Refusals are the same for a repository that exists and one that does not: anonymous and
+//! bearer callers get `401` with a challenge naming the scope they need (the token flow then
+//! asks for it), callers with Basic credentials get `403 DENIED`.
+
+use std::future::{Ready, ready};
+use std::sync::Arc;
+
+use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
+use aerugo_auth::Action;
+use aerugo_auth::token::{Need, TokenKind};
+use aerugo_db::audit::{self, Event};
+use aerugo_db::tenancy::{self, Viewer};
+use aerugo_oci::RepoName;
+use serde_json::json;
+
+use super::tokens::TokenRefusal;
+use super::{Auth, CachedToken, Presented, Principal};
+use crate::error::{RegistryError, Result};
+use crate::registry::Actor;
+
+/// The credentials of a request, checked on demand.
+pub struct Caller {
+    auth: web::Data<Auth>,
+    presented: Presented,
+    source: Option<String>,
+    realm: String,
+}
+
+/// Whose repositories a catalog request may list.
+pub struct CatalogViewer {
+    /// The viewer, for the SQL filter.
+    pub viewer: Viewer,
+    /// The API key's scopes, which narrow the listing further.
+    pub principal: Option<Arc<Principal>>,
+}
+
+/// How a checked caller is known.
+enum Checked {
+    Anonymous,
+    Basic(Arc<Principal>),
+    Bearer(Arc<CachedToken>),
+}
+
+/// The client's address: the peer, or the first `X-Forwarded-For` entry when trusted.
+pub fn source_address(req: &HttpRequest, trust_forwarded_for: bool) -> Option<String> {
+    if trust_forwarded_for
+        && let Some(first) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= 64)
+    {
+        return Some(first.to_owned());
+    }
+    req.peer_addr().map(|a| a.ip().to_string())
+}
+
+/// The token endpoint's URL as clients must reach it.
+pub fn realm(req: &HttpRequest, public_url: Option<&str>) -> String {
+    match public_url {
+        Some(base) => format!("{base}/v2/token"),
+        None => {
+            let info = req.connection_info();
+            format!("{}://{}/v2/token", info.scheme(), info.host())
+        }
+    }
+}
+
+fn quote(value: &str) -> String {
+    value.replace(['"', '\\'], "")
+}
+
+impl Caller {
+    fn challenge(&self, scope: Option<&str>, error: Option<&str>) -> String {
+        let mut challenge =
+            format!("Bearer realm=\"{}\",service=\"{}\"", quote(&self.realm), quote(&self.auth.settings().service));
+        if let Some(scope) = scope {
+            challenge.push_str(&format!(",scope=\"{}\"", quote(scope)));
+        }
+        if let Some(error) = error {
+            challenge.push_str(&format!(",error=\"{error}\""));
+        }
+        challenge
+    }
+
+    fn unauthorized(&self, scope: Option<&str>, error: Option<&str>, detail: &str) -> RegistryError {
+        RegistryError::Unauthorized { challenge: self.challenge(scope, error), detail: detail.to_owned() }
+    }
+
+    /// The client's address.
+    pub fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+
+    async fn check(&self, scope: Option<&str>) -> Result<Checked> {
+        match &self.presented {
+            Presented::Nothing => Ok(Checked::Anonymous),
+            Presented::Malformed(why) => Err(self.unauthorized(scope, None, why)),
+            Presented::Basic { username, secret } => self
+                .auth
+                .authenticate(username, secret, self.source(), || self.challenge(scope, None))
+                .await
+                .map(Checked::Basic),
+            Presented::Bearer(token) => match self.auth.verify_token(token, TokenKind::Access) {
+                Ok(cached) => Ok(Checked::Bearer(cached)),
+                Err(TokenRefusal::Invalid) => {
+                    Err(self.unauthorized(scope, Some("invalid_token"), "the token is invalid or has expired"))
+                }
+                Err(TokenRefusal::Revoked) => {
+                    Err(self.unauthorized(scope, Some("invalid_token"), "the token's credentials were revoked"))
+                }
+            },
+        }
+    }
+
+    /// Allows `action` on `name` or refuses it, answering the same whether or not the
+    /// repository exists. Returns who acts, for the core's audit events.
+    pub async fn authorize(&self, name: &RepoName, action: Action) -> Result<Actor> {
+        let scope = format!(
+            "repository:{name}:{}",
+            match action {
+                Action::Push => "pull,push",
+                other => other.as_str(),
+            }
+        );
+        let checked = self.check(Some(&scope)).await?;
+        match &checked {
+            Checked::Bearer(token) => {
+                if token.allows(&Need::Repository(name, action)) {
+                    return Ok(self.actor(&token.facts.subject, token.facts.site_admin));
+                }
+                self.audit_denied(&token.facts.subject, name, action).await;
+                Err(self.unauthorized(Some(&scope), Some("insufficient_scope"), "the token does not grant this access"))
+            }
+            Checked::Anonymous | Checked::Basic(_) => {
+                let principal = match &checked {
+                    Checked::Basic(p) => Some(p.as_ref()),
+                    _ => None,
+                };
+                let client = self.auth.client().await?;
+                let rights = self.auth.rights(&client, principal, name).await?;
+                if rights.actions.contains(action) {
+                    return Ok(match principal {
+                        Some(p) => self.actor(&p.actor(), p.site_admin),
+                        None => self.actor("anonymous", false),
+                    });
+                }
+                match principal {
+                    None => Err(self.unauthorized(Some(&scope), None, "authentication required")),
+                    Some(p) => {
+                        self.audit_denied(&p.actor(), name, action).await;
+                        Err(RegistryError::Denied("requested access to the resource is denied".into()))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Requires valid credentials of any kind (the `/v2/` version check).
+    pub async fn authenticated(&self) -> Result<()> {
+        match self.check(None).await? {
+            Checked::Anonymous => Err(self.unauthorized(None, None, "authentication required")),
+            Checked::Basic(_) | Checked::Bearer(_) => Ok(()),
+        }
+    }
+
+    /// Whether `action` on `name` is allowed, without refusing or auditing (a mount's source).
+    pub async fn may(&self, name: &RepoName, action: Action) -> bool {
+        match self.check(None).await {
+            Ok(Checked::Bearer(token)) => token.allows(&Need::Repository(name, action)),
+            Ok(Checked::Basic(p)) => self.allowed_by_rights(Some(&p), name, action).await,
+            Ok(Checked::Anonymous) => self.allowed_by_rights(None, name, action).await,
+            Err(_) => false,
+        }
+    }
+
+    async fn allowed_by_rights(&self, principal: Option<&Principal>, name: &RepoName, action: Action) -> bool {
+        match self.auth.client().await {
+            Ok(client) => self.auth.rights(&client, principal, name).await.is_ok_and(|r| r.actions.contains(action)),
+            Err(_) => false,
+        }
+    }
+
+    /// Who may see which repositories in the catalog.
+    pub async fn catalog_viewer(&self) -> Result<CatalogViewer> {
+        const SCOPE: &str = "registry:catalog:*";
+        let principal = match self.check(Some(SCOPE)).await? {
+            Checked::Anonymous => return Err(self.unauthorized(Some(SCOPE), None, "authentication required")),
+            Checked::Basic(p) => p,
+            Checked::Bearer(token) => {
+                if !token.allows(&Need::Catalog) {
+                    return Err(self.unauthorized(
+                        Some(SCOPE),
+                        Some("insufficient_scope"),
+                        "the token does not grant catalog access",
+                    ));
+                }
+                match self.auth.principal_of(&token.facts.subject, token.facts.key_id.as_deref()).await? {
+                    Some(p) => Arc::new(p),
+                    // Anonymous tokens (or credentials gone since): public repositories only.
+                    None => return Ok(CatalogViewer { viewer: Viewer::default(), principal: None }),
+                }
+            }
+        };
+        let key = principal.key.as_ref();
+        let viewer = Viewer {
+            user_id: principal.user_id,
+            key_row_id: key.map(|k| k.row_id),
+            key_org_id: key.and_then(|k| k.org.as_ref()).map(|(id, _)| *id),
+            site_admin: principal.site_admin,
+        };
+        Ok(CatalogViewer { viewer, principal: Some(principal) })
+    }
+
+    fn actor(&self, name: &str, site_admin: bool) -> Actor {
+        Actor { name: name.to_owned(), source: self.source.clone(), site_admin }
+    }
+
+    /// Records a refused request of an authenticated caller, attributed to the organization
+    /// the name falls in (so its admins see probes). Failing to record never changes the answer.
+    async fn audit_denied(&self, actor: &str, name: &RepoName, action: Action) {
+        let record = async {
+            let client = self.auth.client().await?;
+            let org_id = tenancy::organization(&client, name.namespace()).await?.map(|o| o.id);
+            let event = Event {
+                actor,
+                action: "access.denied",
+                target: name.as_str(),
+                org_id,
+                source: self.source(),
+                allowed: false,
+                detail: json!({ "action": action.as_str() }),
+            };
+            audit::record(&client, &event).await?;
+            Ok::<_, RegistryError>(())
+        };
+        if let Err(e) = record.await {
+            tracing::warn!(error = %e, "could not record a denied request");
+        }
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = RegistryError;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let Some(auth) = req.app_data::<web::Data<Auth>>().cloned() else {
+            return ready(Err(RegistryError::Internal("authentication is not configured".into())));
+        };
+        let registry = req.app_data::<web::Data<crate::Registry>>();
+        let public_url = registry.and_then(|r| r.public_url());
+        let presented = Presented::parse(req.headers().get("authorization").map(|v| v.as_bytes()));
+        let source = source_address(req, auth.settings().trust_forwarded_for);
+        ready(Ok(Caller { realm: realm(req, public_url), presented, source, auth }))
+    }
+}

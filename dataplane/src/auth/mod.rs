@@ -1,0 +1,259 @@
+//! Authentication and authorization: who a request comes from (Basic credentials, a bearer
+//! token, or nobody) and what it may do. Every `/v2/` handler extracts a [`Caller`] and asks it
+//! for the action it needs on a repository before it calls the core; the token endpoint and
+//! the management API use the same [`Auth`] to check credentials and compute rights.
+//!
+//! A refusal answers the same whether the repository exists or not, so a caller learns nothing
+//! about repositories it may not pull. Tokens are verified offline on every node; verified
+//! tokens and their decisions are cached by the token's hash for at most their lifetime.
+
+pub mod caller;
+mod credentials;
+mod tokens;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use aerugo_auth::apikey::{CompiledScopes, KeyScope};
+use aerugo_auth::permission::{self, OrgRole, Standing, Visibility};
+use aerugo_auth::token::TokenKeys;
+use aerugo_auth::{Action, Actions};
+use aerugo_db::tenancy::{self, AccessFacts};
+use aerugo_db::{GenericClient, Pool};
+use aerugo_oci::RepoName;
+use time::OffsetDateTime;
+
+pub use caller::{Caller, CatalogViewer};
+pub use credentials::Presented;
+pub use tokens::CachedToken;
+
+use crate::config::AuthSettings;
+use crate::error::{RegistryError, Result};
+
+/// Someone who proved who they are: a user (with a password or one of their API keys), or an
+/// organization's API key.
+#[derive(Debug)]
+pub struct Principal {
+    /// Username; for an organization key, the organization's name.
+    pub name: String,
+    /// The user, unless this is an organization key.
+    pub user_id: Option<i64>,
+    /// Site administrators may do anything anywhere (an API key still narrows them).
+    pub site_admin: bool,
+    /// The API key presented, if any.
+    pub key: Option<KeyGrant>,
+}
+
+/// The API key a principal authenticated with.
+#[derive(Debug)]
+pub struct KeyGrant {
+    /// Row id (grants may name it).
+    pub row_id: i64,
+    /// Public key id (tokens name it, so revoking the key revokes them).
+    pub key_id: String,
+    /// For organization keys: the organization, in which the key acts as an admin.
+    pub org: Option<(i64, String)>,
+    /// What the key allows; it only ever narrows its owner's rights.
+    pub scopes: CompiledScopes,
+}
+
+impl Principal {
+    /// The name audit events record.
+    pub fn actor(&self) -> String {
+        match (&self.key, self.user_id) {
+            (Some(key), None) => format!("key:{}", key.key_id),
+            _ => self.name.clone(),
+        }
+    }
+
+    /// The principal an API key row stands for.
+    fn from_key(row: &tenancy::ApiKey) -> Result<Principal> {
+        let scopes: Vec<KeyScope> = serde_json::from_value(row.scopes.clone())
+            .map_err(|e| RegistryError::Internal(format!("API key {} has unreadable scopes: {e}", row.key_id)))?;
+        let scopes = CompiledScopes::new(&scopes)
+            .map_err(|e| RegistryError::Internal(format!("API key {} has an invalid scope: {e}", row.key_id)))?;
+        let name = match (&row.owner, &row.org) {
+            (Some((_, username)), _) => username.clone(),
+            (None, Some((_, org))) => org.clone(),
+            (None, None) => return Err(RegistryError::Internal(format!("API key {} has no owner", row.key_id))),
+        };
+        Ok(Principal {
+            name,
+            user_id: row.owner.as_ref().map(|(id, _)| *id),
+            site_admin: row.owner_site_admin,
+            key: Some(KeyGrant { row_id: row.id, key_id: row.key_id.clone(), org: row.org.clone(), scopes }),
+        })
+    }
+}
+
+/// What a caller holds on one repository name.
+#[derive(Debug, Clone, Copy)]
+pub struct Rights {
+    /// Allowed actions.
+    pub actions: Actions,
+    /// The organization the name belongs to, if it exists (for audit events).
+    pub org_id: Option<i64>,
+}
+
+/// Credentials that must stop working before their tokens expire.
+#[derive(Debug, Default)]
+struct Revoked {
+    keys: HashSet<String>,
+    users: HashSet<String>,
+}
+
+/// The authentication state of one node: token keys, caches, revocations and key usage.
+pub struct Auth {
+    db: Pool,
+    keys: TokenKeys,
+    settings: AuthSettings,
+    tokens: quick_cache::sync::Cache<[u8; 32], Arc<CachedToken>>,
+    logins: quick_cache::sync::Cache<[u8; 32], (Arc<Principal>, SystemTime)>,
+    revoked: RwLock<Revoked>,
+    last_used: Mutex<HashMap<String, OffsetDateTime>>,
+}
+
+/// How long a successful Basic login is remembered, so clients that send Basic credentials on
+/// every request do not pay for a password hash each time.
+const LOGIN_CACHE_TTL: Duration = Duration::from_secs(60);
+
+impl Auth {
+    /// Authentication over `db`, signing with `keys`.
+    pub fn new(db: Pool, keys: TokenKeys, settings: AuthSettings) -> Self {
+        Auth {
+            db,
+            keys,
+            settings,
+            tokens: quick_cache::sync::Cache::new(100_000),
+            logins: quick_cache::sync::Cache::new(10_000),
+            revoked: RwLock::new(Revoked::default()),
+            last_used: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &AuthSettings {
+        &self.settings
+    }
+
+    /// The signing keys.
+    pub fn keys(&self) -> &TokenKeys {
+        &self.keys
+    }
+
+    pub(crate) async fn client(&self) -> Result<aerugo_db::PooledClient> {
+        Ok(self.db.get().await.map_err(aerugo_db::Error::from)?)
+    }
+
+    /// What `principal` (`None`: anonymous) may do to repository `name`. A name whose
+    /// repository does not exist yet gets the rights its organization role gives (so members
+    /// see `NAME_UNKNOWN`), with push only where the push may create it.
+    pub async fn rights(
+        &self,
+        client: &impl GenericClient,
+        principal: Option<&Principal>,
+        name: &RepoName,
+    ) -> Result<Rights> {
+        let key = principal.and_then(|p| p.key.as_ref());
+        let facts = tenancy::access_facts(
+            client,
+            name.as_str(),
+            name.namespace(),
+            principal.and_then(|p| p.user_id),
+            key.map(|k| k.row_id),
+        )
+        .await?;
+        let org_id = facts.org.map(|(id, _)| id);
+        Ok(Rights { actions: actions_from(&facts, principal, name), org_id })
+    }
+
+    /// Records that `key_id` authenticated now; written to the database in batches.
+    fn mark_used(&self, key_id: &str) {
+        if let Ok(mut used) = self.last_used.lock() {
+            used.insert(key_id.to_owned(), OffsetDateTime::now_utc());
+        }
+    }
+
+    /// Writes pending last-used times (called periodically and at shutdown).
+    pub async fn flush_last_used(&self) -> Result<()> {
+        let batch: Vec<(String, OffsetDateTime)> = match self.last_used.lock() {
+            Ok(mut used) => used.drain().collect(),
+            Err(_) => return Ok(()),
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        tenancy::touch_api_keys(&client, &batch).await?;
+        Ok(())
+    }
+
+    /// Reloads revoked keys and disabled users from the database (called periodically, so a
+    /// revocation on one node reaches every node within the refresh period).
+    pub async fn refresh_revocations(&self) -> Result<()> {
+        let horizon = self.settings.refresh_token_ttl.max(LOGIN_CACHE_TTL);
+        let since = OffsetDateTime::now_utc() - horizon;
+        let client = self.client().await?;
+        let (keys, users) = tenancy::revoked_since(&client, since).await?;
+        if let Ok(mut revoked) = self.revoked.write() {
+            *revoked = Revoked { keys: keys.into_iter().collect(), users: users.into_iter().collect() };
+        }
+        Ok(())
+    }
+
+    /// Revokes `key_id` on this node at once (other nodes follow at their next refresh).
+    pub fn revoke_key_locally(&self, key_id: &str) {
+        if let Ok(mut revoked) = self.revoked.write() {
+            revoked.keys.insert(key_id.to_owned());
+        }
+    }
+
+    /// Forgets remembered Basic logins (after a password change or a user being disabled).
+    pub fn forget_logins(&self) {
+        self.logins.clear();
+    }
+
+    fn is_revoked(&self, key_id: Option<&str>, username: &str) -> bool {
+        self.revoked.read().map_or(true, |r| key_id.is_some_and(|k| r.keys.contains(k)) || r.users.contains(username))
+    }
+}
+
+/// The permission model applied to the facts.
+fn actions_from(facts: &AccessFacts, principal: Option<&Principal>, name: &RepoName) -> Actions {
+    let key = principal.and_then(|p| p.key.as_ref());
+    let standing = principal.map(|p| {
+        let key_org_admin =
+            key.and_then(|k| k.org.as_ref()).is_some_and(|(id, _)| facts.org.is_some_and(|o| o.0 == *id));
+        Standing {
+            site_admin: p.site_admin,
+            org_role: if key_org_admin {
+                Some(OrgRole::Admin)
+            } else {
+                facts.role.as_deref().and_then(|r| r.parse().ok())
+            },
+            grants: facts.grants.iter().filter_map(|g| g.parse().ok()).collect(),
+        }
+    });
+    let actions = match (&facts.repository, facts.org) {
+        (Some((_, visibility)), _) => {
+            let visibility = visibility.parse().unwrap_or(Visibility::Private);
+            permission::repository_actions(visibility, standing.as_ref())
+        }
+        (None, Some((_, auto_create))) => {
+            let base = permission::repository_actions(Visibility::Private, standing.as_ref());
+            if permission::may_create_repository(standing.as_ref(), auto_create) {
+                base
+            } else {
+                base.intersection(Actions::PULL.with(Action::Delete))
+            }
+        }
+        // No organization: only a site administrator's push may create one.
+        (None, None) if standing.as_ref().is_some_and(|s| s.site_admin) => Actions::ALL,
+        (None, None) => Actions::NONE,
+    };
+    match key {
+        Some(k) => actions.intersection(k.scopes.allowed(name.as_str())),
+        None => actions,
+    }
+}
