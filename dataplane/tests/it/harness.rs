@@ -297,3 +297,53 @@ pub fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A user with a password, and the `Authorization` value that presents it.
+pub struct User {
+    pub name: String,
+    pub password: String,
+    pub basic: String,
+}
+
+/// Creates user `name` (password `pw-<name>-secret`).
+pub async fn seed_user(database_url: &str, name: &str, site_admin: bool) -> User {
+    let password = format!("pw-{name}-secret");
+    let hash = aerugo_auth::password::hash(&password).expect("hash");
+    let pool = aerugo_db::pool(database_url, 1).expect("pool");
+    let client = pool.get().await.expect("client");
+    tenancy::create_user(&client, name, None, Some(&hash), site_admin, "api").await.expect("user").expect("new user");
+    User { name: name.to_owned(), basic: basic(name, &password), password }
+}
+
+/// Creates organization `name` owned by `owner`.
+pub async fn seed_org(database_url: &str, name: &str, owner: &str) {
+    let pool = aerugo_db::pool(database_url, 1).expect("pool");
+    let client = pool.get().await.expect("client");
+    let owner = tenancy::user(&client, owner).await.expect("query").expect("owner exists");
+    let org =
+        tenancy::NewOrganization { name, display_name: None, auto_create_repos: true, default_visibility: "private" };
+    tenancy::create_organization(&client, &org, owner.id).await.expect("org").expect("new org");
+}
+
+/// Sends `req` with `Authorization: auth`.
+pub async fn send_as(app: &impl App, auth: &str, req: TestRequest) -> Reply {
+    send(app, req.insert_header(("authorization", auth))).await
+}
+
+/// A bearer token for `scopes` from the token endpoint, asked with `auth` (or anonymously).
+pub async fn token(app: &impl App, auth: Option<&str>, scopes: &[&str]) -> String {
+    let query: String = scopes.iter().map(|s| format!("&scope={}", urlencode(s))).collect();
+    let mut req = TestRequest::get().uri(&format!("/v2/token?service=aerugo{query}"));
+    if let Some(auth) = auth {
+        req = req.insert_header(("authorization", auth));
+    }
+    let reply = send(app, req).await;
+    assert_eq!(reply.status, StatusCode::OK, "token request: {:?}", reply.body);
+    let body = reply.json();
+    assert_eq!(body["token"], body["access_token"]);
+    format!("Bearer {}", body["token"].as_str().expect("token"))
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

@@ -4,6 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail by panicking
 
 mod api;
+mod auth;
 mod conformance;
 mod harness;
 mod s3;

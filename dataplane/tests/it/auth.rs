@@ -1,0 +1,382 @@
+//! Authentication on `/v2/`: challenges, the token endpoint (GET and OAuth2 POST), Basic
+//! credentials, API keys, token tampering, expiry, revocation, attenuation and login limits.
+
+use std::time::{Duration, SystemTime};
+
+use actix_web::http::{Method, StatusCode};
+use actix_web::test::TestRequest;
+use aerugo_auth::token::{Claims, Restriction, TokenKind, attenuate};
+use aerugo_auth::{Actions, Scope};
+use serde_json::json;
+
+use crate::harness::*;
+
+/// A registry with users alice (owns `acme`) and bob (owns `globex`) and an image in each.
+async fn tenants() -> (TestRegistry, User, User) {
+    let reg = fs_registry().await;
+    let alice = seed_user(&reg.database_url, "alice", false).await;
+    let bob = seed_user(&reg.database_url, "bob", false).await;
+    seed_org(&reg.database_url, "acme", "alice").await;
+    seed_org(&reg.database_url, "globex", "bob").await;
+    let admin = app(&reg).await;
+    push_image(&admin, "acme/app", "v1", 1).await;
+    push_image(&admin, "globex/app", "v1", 2).await;
+    (reg, alice, bob)
+}
+
+fn challenge(reply: &Reply) -> String {
+    reply.header("www-authenticate").unwrap_or_else(|| panic!("no challenge on {}", reply.status)).to_owned()
+}
+
+#[actix_web::test]
+async fn requests_without_credentials_are_challenged_with_the_scope_they_need() {
+    let (reg, _, _) = tenants().await;
+    let app = raw_app(&reg).await;
+    let reply = call(&app, Method::GET, "/v2/").await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(challenge(&reply), r#"Bearer realm="http://localhost:8080/v2/token",service="aerugo""#);
+    let reply = call(&app, Method::GET, "/v2/acme/app/manifests/v1").await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.error_code(), "UNAUTHORIZED");
+    assert!(challenge(&reply).ends_with(r#",scope="repository:acme/app:pull""#), "{}", challenge(&reply));
+    let reply = call(&app, Method::POST, "/v2/acme/app/blobs/uploads/").await;
+    assert!(challenge(&reply).ends_with(r#",scope="repository:acme/app:pull,push""#));
+    let reply = call(&app, Method::GET, "/v2/_catalog").await;
+    assert!(challenge(&reply).ends_with(r#",scope="registry:catalog:*""#));
+}
+
+#[actix_web::test]
+async fn the_token_endpoint_grants_only_what_the_caller_holds() {
+    let (reg, alice, _) = tenants().await;
+    let app = raw_app(&reg).await;
+    let reply = send_as(
+        &app,
+        &alice.basic,
+        TestRequest::get().uri(
+            "/v2/token?service=aerugo&scope=repository:acme/app:pull,push&scope=repository:globex/app:pull,push,delete",
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("cache-control"), Some("no-store"));
+    let body = reply.json();
+    assert_eq!(body["expires_in"], 300);
+    assert!(body["issued_at"].as_str().is_some_and(|t| t.contains('T')));
+    assert!(body.get("refresh_token").is_none());
+    let bearer = format!("Bearer {}", body["token"].as_str().expect("token"));
+
+    let pulled = send_as(&app, &bearer, TestRequest::get().uri("/v2/acme/app/manifests/v1")).await;
+    assert_eq!(pulled.status, StatusCode::OK);
+    let pushed = push_blob_as(&app, &bearer, "acme/app", b"by token").await;
+    assert_eq!(pushed, StatusCode::CREATED);
+    // Not granted: alice has no rights in globex, and the token says so.
+    let other = send_as(&app, &bearer, TestRequest::get().uri("/v2/globex/app/manifests/v1")).await;
+    assert_eq!(other.status, StatusCode::UNAUTHORIZED);
+    assert!(challenge(&other).contains(r#"error="insufficient_scope""#));
+    // Asked for pull,push only: delete is not in the token even though alice owns acme.
+    let delete = send_as(&app, &bearer, TestRequest::delete().uri("/v2/acme/app/manifests/v1")).await;
+    assert_eq!(delete.status, StatusCode::UNAUTHORIZED);
+
+    // Anonymous: a token with nothing in it is still a token.
+    let anonymous = token(&app, None, &["repository:acme/app:pull"]).await;
+    let denied = send_as(&app, &anonymous, TestRequest::get().uri("/v2/acme/app/manifests/v1")).await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn get_manifest(app: &impl App, auth: String) -> (StatusCode, String) {
+    let reply = send_as(app, &auth, TestRequest::get().uri("/v2/acme/app/manifests/v1")).await;
+    (reply.status, reply.header("www-authenticate").unwrap_or_default().to_owned())
+}
+
+async fn push_blob_as(app: &impl App, auth: &str, repo: &str, data: &[u8]) -> StatusCode {
+    let digest = aerugo_oci::Digest::sha256_of(data);
+    send_as(
+        app,
+        auth,
+        TestRequest::post().uri(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")).set_payload(data.to_vec()),
+    )
+    .await
+    .status
+}
+
+#[actix_web::test]
+async fn oauth2_password_and_refresh_token_grants() {
+    let (reg, alice, _) = tenants().await;
+    let app = raw_app(&reg).await;
+    let form = |body: String| {
+        TestRequest::post()
+            .uri("/v2/token")
+            .insert_header(("content-type", "application/x-www-form-urlencoded"))
+            .set_payload(body)
+    };
+    let reply = send(
+        &app,
+        form(format!(
+            "grant_type=password&username=alice&password={}&service=aerugo&client_id=test&access_type=offline&scope={}",
+            urlencode(&alice.password),
+            urlencode("repository:acme/app:pull")
+        )),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let refresh = reply.json()["refresh_token"].as_str().expect("refresh token").to_owned();
+    // A refresh token is no access token.
+    let misuse = send_as(&app, &format!("Bearer {refresh}"), TestRequest::get().uri("/v2/acme/app/manifests/v1")).await;
+    assert_eq!(misuse.status, StatusCode::UNAUTHORIZED);
+
+    let reply = send(
+        &app,
+        form(format!(
+            "grant_type=refresh_token&refresh_token={refresh}&service=aerugo&client_id=test&scope={}",
+            urlencode("repository:acme/app:pull repository:acme/app:push")
+        )),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+    let bearer = format!("Bearer {}", reply.json()["access_token"].as_str().expect("token"));
+    assert_eq!(push_blob_as(&app, &bearer, "acme/app", b"refreshed").await, StatusCode::CREATED);
+
+    let wrong = send(&app, form("grant_type=password&username=alice&password=nope&service=aerugo".into())).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let unknown = send(&app, form("grant_type=client_credentials&service=aerugo".into())).await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert_eq!(unknown.error_code(), "INVALID_REQUEST");
+    let missing = send(&app, form("service=aerugo".into())).await;
+    assert_eq!(missing.status, StatusCode::BAD_REQUEST);
+    let forged = send(&app, form("grant_type=refresh_token&refresh_token=abc&service=aerugo".into())).await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+}
+
+#[actix_web::test]
+async fn bad_input_is_a_clear_4xx_never_a_500() {
+    let (reg, alice, _) = tenants().await;
+    let app = raw_app(&reg).await;
+    for bad in ["Basic !!!not-base64", "Basic ", "Basic Og==", "Digest abc", "Bearer"] {
+        let reply = send_as(&app, bad, TestRequest::get().uri("/v2/acme/app/manifests/v1")).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{bad}");
+        assert_eq!(reply.error_code(), "UNAUTHORIZED");
+    }
+    let huge = format!("Bearer {}", "a".repeat(10_000));
+    let reply = send_as(&app, &huge, TestRequest::get().uri("/v2/")).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    for scope in ["repository:acme/app", "repository:ACME:pull", "repository:acme/app:fly", "user:alice:*"] {
+        let reply = send_as(
+            &app,
+            &alice.basic,
+            TestRequest::get().uri(&format!("/v2/token?service=aerugo&scope={}", urlencode(scope))),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{scope}");
+        assert_eq!(reply.error_code(), "INVALID_REQUEST");
+    }
+    let many: String = (0..70).map(|i| format!("&scope=repository:acme/r{i}:pull")).collect();
+    let reply = send_as(&app, &alice.basic, TestRequest::get().uri(&format!("/v2/token?service=aerugo{many}"))).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let bearer_at_token = send_as(&app, "Bearer x", TestRequest::get().uri("/v2/token?service=aerugo")).await;
+    assert_eq!(bearer_at_token.status, StatusCode::UNAUTHORIZED);
+}
+
+#[actix_web::test]
+async fn tampered_expired_foreign_and_attenuated_tokens() {
+    let (reg, alice, _) = tenants().await;
+    let app = raw_app(&reg).await;
+    let bearer = token(&app, Some(&alice.basic), &["repository:acme/app:pull,push"]).await;
+    let raw = bearer.trim_start_matches("Bearer ").to_owned();
+    assert_eq!(get_manifest(&app, bearer.clone()).await.0, StatusCode::OK);
+
+    let mut bytes = raw.clone().into_bytes();
+    let middle = bytes.len() / 2;
+    bytes[middle] = if bytes[middle] == b'A' { b'B' } else { b'A' };
+    let (status, challenge) = get_manifest(&app, format!("Bearer {}", String::from_utf8(bytes).expect("ascii"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenge.contains(r#"error="invalid_token""#));
+
+    let claims = |expires_at| Claims {
+        subject: "alice".into(),
+        kind: TokenKind::Access,
+        key_id: None,
+        site_admin: false,
+        access: vec![Scope::Repository { name: "acme/app".parse().expect("name"), actions: Actions::PULL }],
+        expires_at,
+    };
+    let expired = reg.auth.keys().mint(&claims(SystemTime::now() - Duration::from_secs(5))).expect("mint");
+    assert_eq!(get_manifest(&app, format!("Bearer {expired}")).await.0, StatusCode::UNAUTHORIZED);
+    let foreign = aerugo_auth::token::TokenKeys::generate().mint(&claims(SystemTime::now() + Duration::from_secs(60)));
+    assert_eq!(get_manifest(&app, format!("Bearer {}", foreign.expect("mint"))).await.0, StatusCode::UNAUTHORIZED);
+
+    // Attenuated to pull only: the holder's narrower token cannot push.
+    let pull_only =
+        attenuate(&raw, &Restriction { actions: Some(Actions::PULL), ..Restriction::default() }).expect("attenuate");
+    let pull_only = format!("Bearer {pull_only}");
+    assert_eq!(get_manifest(&app, pull_only.clone()).await.0, StatusCode::OK);
+    assert_eq!(push_blob_as(&app, &pull_only, "acme/app", b"narrowed").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(push_blob_as(&app, &bearer, "acme/app", b"wide").await, StatusCode::CREATED);
+    // Attenuated to an earlier expiry that has passed.
+    let short = attenuate(
+        &raw,
+        &Restriction { expires_at: Some(SystemTime::now() - Duration::from_secs(1)), ..Restriction::default() },
+    )
+    .expect("attenuate");
+    assert_eq!(get_manifest(&app, format!("Bearer {short}")).await.0, StatusCode::UNAUTHORIZED);
+    // Attenuated "beyond its rights": a holder's block claiming more grants nothing.
+    let unverified = biscuit_auth::UnverifiedBiscuit::from_base64(&raw).expect("parse");
+    let widened = unverified
+        .append(biscuit_auth::macros::block!(r#"right("globex/app", "pull"); right("acme/app", "delete");"#))
+        .and_then(|t| t.to_base64())
+        .expect("append");
+    let widened = format!("Bearer {widened}");
+    let foreign_pull = send_as(&app, &widened, TestRequest::get().uri("/v2/globex/app/manifests/v1")).await;
+    assert_eq!(foreign_pull.status, StatusCode::UNAUTHORIZED);
+    let delete = send_as(&app, &widened, TestRequest::delete().uri("/v2/acme/app/manifests/v1")).await;
+    assert_eq!(delete.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Creates an API key for `user` through the management API; returns (key id, `Basic` value).
+async fn api_key(app: &impl App, user: &User, scopes: serde_json::Value, expires_at: Option<&str>) -> (String, String) {
+    let mut body = json!({ "name": "ci", "scopes": scopes });
+    if let Some(at) = expires_at {
+        body["expiresAt"] = json!(at);
+    }
+    let reply = send_as(app, &user.basic, TestRequest::post().uri("/api/v1/api-keys").set_json(body)).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    let created = reply.json();
+    let key = created["key"].as_str().expect("key");
+    (created["keyId"].as_str().expect("id").to_owned(), basic(&user.name, key))
+}
+
+#[actix_web::test]
+async fn api_keys_are_scoped_expire_and_revoke_their_tokens() {
+    let (reg, alice, _) = tenants().await;
+    let app = raw_app(&reg).await;
+    let (key_id, ci) =
+        api_key(&app, &alice, json!([{ "repositories": "acme/ci/**", "actions": ["pull", "push"] }]), None).await;
+    assert_eq!(push_blob_as(&app, &ci, "acme/ci/tools/builder", b"ci").await, StatusCode::CREATED);
+    // Outside its glob the key gives nothing, though alice owns acme.
+    let outside = send_as(&app, &ci, TestRequest::get().uri("/v2/acme/app/manifests/v1")).await;
+    assert_eq!(outside.status, StatusCode::FORBIDDEN);
+    assert_eq!(outside.error_code(), "DENIED");
+    // The key works only with its owner's name.
+    let secret = ci.clone();
+    let as_bob = basic("bob", &key_from_basic(&secret));
+    assert_eq!(send_as(&app, &as_bob, TestRequest::get().uri("/v2/")).await.status, StatusCode::UNAUTHORIZED);
+
+    // A token issued against the key dies with it, on this node at once and on another node
+    // (same signing key) at its next revocation refresh.
+    let node_b_auth = actix_web::web::Data::new(aerugo_dataplane::auth::Auth::new(
+        aerugo_db::pool(&reg.database_url, 2).expect("pool"),
+        aerugo_auth::token::TokenKeys::from_hex(&reg.auth.keys().private_hex(), &[]).expect("keys"),
+        aerugo_dataplane::config::AuthSettings::default(),
+    ));
+    let node_b = app_with(&reg.registry, &node_b_auth, &metrics(), None).await;
+    let bearer = token(&app, Some(&ci), &["repository:acme/ci/app:pull,push"]).await;
+    assert_eq!(push_blob_as(&app, &bearer, "acme/ci/app", b"before").await, StatusCode::CREATED);
+    assert_eq!(
+        send_as(&node_b, &bearer, TestRequest::get().uri("/v2/acme/ci/app/tags/list")).await.status,
+        StatusCode::OK,
+        "valid on node B"
+    );
+    let revoked = send_as(&app, &alice.basic, TestRequest::delete().uri(&format!("/api/v1/api-keys/{key_id}"))).await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    assert_eq!(push_blob_as(&app, &bearer, "acme/ci/app", b"after").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(send_as(&app, &ci, TestRequest::get().uri("/v2/")).await.status, StatusCode::UNAUTHORIZED);
+    node_b_auth.refresh_revocations().await.expect("refresh");
+    assert_eq!(
+        send_as(&node_b, &bearer, TestRequest::get().uri("/v2/acme/ci/app/tags/list")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Expired keys authenticate nothing; a key cannot be created already expired.
+    let past = send_as(
+        &app,
+        &alice.basic,
+        TestRequest::post().uri("/api/v1/api-keys").set_json(json!({
+            "name": "old", "scopes": [{ "repositories": "acme/**", "actions": ["pull"] }],
+            "expiresAt": "2001-01-01T00:00:00Z"
+        })),
+    )
+    .await;
+    assert_eq!(past.status, StatusCode::BAD_REQUEST);
+    let expired = expired_key(&reg.database_url, "alice").await;
+    assert_eq!(send_as(&app, &expired, TestRequest::get().uri("/v2/")).await.status, StatusCode::UNAUTHORIZED);
+}
+
+async fn expired_key(database_url: &str, owner: &str) -> String {
+    let pool = aerugo_db::pool(database_url, 1).expect("pool");
+    let client = pool.get().await.expect("client");
+    let user = aerugo_db::tenancy::user(&client, owner).await.expect("query").expect("user");
+    let key = aerugo_auth::apikey::generate().expect("key");
+    let scopes = json!([{ "repositories": "**", "actions": ["pull"] }]);
+    aerugo_db::tenancy::create_api_key(
+        &client,
+        &aerugo_db::tenancy::NewApiKey {
+            key_id: &key.key_id,
+            key_hash: &key.secret_hash,
+            name: None,
+            owner_user_id: user.id,
+            scopes: &scopes,
+            expires_at: Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(1)),
+        },
+    )
+    .await
+    .expect("insert");
+    basic(owner, &key.token)
+}
+
+fn key_from_basic(basic_value: &str) -> String {
+    use base64::Engine;
+    let decoded =
+        base64::engine::general_purpose::STANDARD.decode(basic_value.trim_start_matches("Basic ")).expect("base64");
+    String::from_utf8(decoded).expect("utf8").split_once(':').expect("pair").1.to_owned()
+}
+
+#[actix_web::test]
+async fn failed_logins_are_limited_per_user_across_nodes() {
+    let (reg, alice, _) = tenants().await;
+    let settings = aerugo_dataplane::config::AuthSettings { max_failures_per_user: 3, ..Default::default() };
+    let node = |s: aerugo_dataplane::config::AuthSettings| {
+        let pool = aerugo_db::pool(&reg.database_url, 2).expect("pool");
+        actix_web::web::Data::new(aerugo_dataplane::auth::Auth::new(pool, aerugo_auth::token::TokenKeys::generate(), s))
+    };
+    let a = app_with(&reg.registry, &node(settings.clone()), &metrics(), None).await;
+    let b = app_with(&reg.registry, &node(settings), &metrics(), None).await;
+    let wrong = basic("alice", "wrong-password");
+    for _ in 0..3 {
+        assert_eq!(send_as(&a, &wrong, TestRequest::get().uri("/v2/")).await.status, StatusCode::UNAUTHORIZED);
+    }
+    for app in [&a, &b] {
+        let reply = send_as(app, &alice.basic, TestRequest::get().uri("/v2/")).await;
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "even the right password waits");
+        assert_eq!(reply.error_code(), "TOOMANYREQUESTS");
+        let wait: u64 = reply.header("retry-after").expect("Retry-After").parse().expect("seconds");
+        assert!((1..=300).contains(&wait), "{wait}");
+    }
+    // Another user is not affected.
+    let bob = basic("bob", "pw-bob-secret");
+    assert_eq!(send_as(&b, &bob, TestRequest::get().uri("/v2/")).await.status, StatusCode::OK);
+}
+
+#[actix_web::test]
+async fn public_repositories_allow_anonymous_pull_but_never_push() {
+    let (reg, alice, _) = tenants().await;
+    let app = raw_app(&reg).await;
+    let made_public = send_as(
+        &app,
+        &alice.basic,
+        TestRequest::patch().uri("/api/v1/orgs/acme/repositories/app").set_json(json!({ "visibility": "public" })),
+    )
+    .await;
+    assert_eq!(made_public.status, StatusCode::OK, "{:?}", made_public.body);
+    assert_eq!(call(&app, Method::GET, "/v2/acme/app/manifests/v1").await.status, StatusCode::OK);
+    let anonymous = token(&app, None, &["repository:acme/app:pull,push"]).await;
+    assert_eq!(
+        send_as(&app, &anonymous, TestRequest::get().uri("/v2/acme/app/tags/list")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(push_blob_as(&app, &anonymous, "acme/app", b"anon").await, StatusCode::UNAUTHORIZED);
+    let reply = call(&app, Method::POST, "/v2/acme/app/blobs/uploads/").await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    // The anonymous catalog lists public repositories only.
+    let catalog_token = token(&app, None, &["registry:catalog:*"]).await;
+    let catalog = send_as(&app, &catalog_token, TestRequest::get().uri("/v2/_catalog")).await;
+    assert_eq!(catalog.json()["repositories"], json!(["acme/app"]));
+}
