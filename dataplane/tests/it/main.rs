@@ -7,4 +7,5 @@ mod api;
 mod auth;
 mod conformance;
 mod harness;
+mod isolation;
 mod s3;
