@@ -8,4 +8,5 @@ mod auth;
 mod conformance;
 mod harness;
 mod isolation;
+mod management;
 mod s3;
