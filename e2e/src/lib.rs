@@ -15,14 +15,31 @@ pub enum Storage {
     S3,
 }
 
-/// A data-plane process; killed when dropped.
+/// The site administrator every test server is bootstrapped with.
+pub const ADMIN_USER: &str = "admin";
+/// Its password.
+pub const ADMIN_PASSWORD: &str = "aerugo-e2e-admin-password";
+
+/// A data-plane process; killed when dropped. It signs tokens with a key of its own (or the
+/// key of the server it was started next to) and has the site administrator `admin`, whose
+/// credentials its `skopeo`, `oras` and container-tool helpers use.
 pub struct Server {
     child: Child,
     /// `127.0.0.1:<port>`.
     pub host: String,
     /// `127.0.0.1:<port>` of the admin server (`/metrics`).
     pub admin: String,
+    /// A containers auth file (`REGISTRY_AUTH_FILE`) with the administrator's credentials.
+    pub auth_file: PathBuf,
+    /// The token signing key file.
+    pub key_file: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// `Basic base64(user:password)`.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
 }
 
 /// The `aerugo-dataplane` binary: `AERUGO_DATAPLANE_BIN`, else next to the test executable.
@@ -48,7 +65,33 @@ fn free_port() -> u16 {
 impl Server {
     /// Starts a node on `database_url` and waits until `/readyz` answers 200.
     pub fn start(database_url: &str, storage: Storage) -> Server {
+        Self::start_with_key(database_url, storage, None)
+    }
+
+    /// Starts a node that signs with the same key as `peer`, so tokens work on both.
+    pub fn start_next_to(peer: &Server, database_url: &str, storage: Storage) -> Server {
+        Self::start_with_key(database_url, storage, Some(&peer.key_file))
+    }
+
+    fn start_with_key(database_url: &str, storage: Storage, key: Option<&Path>) -> Server {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let key_file = dir.path().join("token.key");
+        match key {
+            Some(shared) => {
+                std::fs::copy(shared, &key_file).unwrap_or_else(|e| panic!("copy key: {e}"));
+            }
+            None => {
+                run(Command::new(dataplane_bin()).arg("keygen").arg("--out").arg(&key_file));
+            }
+        }
+        let password_file = dir.path().join("admin-password");
+        std::fs::write(&password_file, ADMIN_PASSWORD).unwrap_or_else(|e| panic!("write: {e}"));
+        run(Command::new(dataplane_bin())
+            .arg("bootstrap")
+            .env("AERUGO_DATABASE_URL", database_url)
+            .env("AERUGO_LOG", "warn")
+            .arg("--admin-password-file")
+            .arg(&password_file));
         let host = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(dataplane_bin());
@@ -57,6 +100,7 @@ impl Server {
             .env("AERUGO_ADMIN_LISTEN", &admin)
             .env("AERUGO_DATABASE_URL", database_url)
             .env("AERUGO_WORKERS", "2")
+            .env("AERUGO_TOKEN_KEY_FILE", &key_file)
             .env("AERUGO_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -69,7 +113,11 @@ impl Server {
             }
         }
         let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {:?}: {e}", dataplane_bin()));
-        let server = Server { child, host, admin, _dir: dir };
+        let auth_file = dir.path().join("auth.json");
+        let auth = basic(ADMIN_USER, ADMIN_PASSWORD);
+        let auths = serde_json::json!({ "auths": { &host: { "auth": auth.trim_start_matches("Basic ") } } });
+        std::fs::write(&auth_file, auths.to_string()).unwrap_or_else(|e| panic!("write auth file: {e}"));
+        let server = Server { child, host, admin, auth_file, key_file, _dir: dir };
         server.wait_ready();
         server
     }
@@ -93,6 +141,36 @@ impl Drop for Server {
     }
 }
 
+impl Server {
+    /// `skopeo` with the administrator's credentials.
+    pub fn skopeo(&self, args: &[&str]) -> Output {
+        run(Command::new("skopeo").env("REGISTRY_AUTH_FILE", &self.auth_file).args(args))
+    }
+
+    /// Runs the oras Python client helper as the administrator.
+    pub fn oras(&self, args: &[&str]) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/oras_client.py");
+        let out = run(Command::new("python3")
+            .env("AERUGO_E2E_USER", ADMIN_USER)
+            .env("AERUGO_E2E_PASSWORD", ADMIN_PASSWORD)
+            .arg(script)
+            .args(args));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Raw manifest bytes of `reference` as skopeo sees them.
+    pub fn raw_manifest(&self, reference: &str) -> serde_json::Value {
+        let out =
+            self.skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{}/{reference}", self.host)]);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("manifest of {reference} is not JSON: {e}"))
+    }
+
+    /// The raw response to a bodyless request with the administrator's Basic credentials.
+    pub fn http_as_admin(&self, method: &str, path: &str) -> Option<String> {
+        http_raw_with(&self.host, method, path, Some(&basic(ADMIN_USER, ADMIN_PASSWORD)))
+    }
+}
+
 /// Status code of a bodyless request, or `None` if nothing answered.
 pub fn http_status(host: &str, method: &str, path: &str) -> Option<u16> {
     let response = http_raw(host, method, path)?;
@@ -101,9 +179,15 @@ pub fn http_status(host: &str, method: &str, path: &str) -> Option<u16> {
 
 /// The raw response (status line, headers, body) to a bodyless HTTP/1.0 request.
 pub fn http_raw(host: &str, method: &str, path: &str) -> Option<String> {
+    http_raw_with(host, method, path, None)
+}
+
+/// The raw response to a bodyless HTTP/1.0 request with an optional `Authorization` value.
+pub fn http_raw_with(host: &str, method: &str, path: &str, authorization: Option<&str>) -> Option<String> {
     let mut stream = TcpStream::connect(host).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     Some(response)
@@ -121,11 +205,6 @@ pub fn run(cmd: &mut Command) -> Output {
     output
 }
 
-/// `skopeo` with plain-HTTP registries allowed.
-pub fn skopeo(args: &[&str]) -> Output {
-    run(Command::new("skopeo").args(args))
-}
-
 /// Writes an OCI layout with `make_oci_layout.py`; returns the top manifest digest.
 pub fn oci_layout(dir: &Path, platforms: &str, layer_bytes: usize, seed: u32) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/make_oci_layout.py");
@@ -138,17 +217,4 @@ pub fn oci_layout(dir: &Path, platforms: &str, layer_bytes: usize, seed: u32) ->
         &seed.to_string(),
     ]));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Runs the oras Python client helper.
-pub fn oras(args: &[&str]) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/oras_client.py");
-    let out = run(Command::new("python3").arg(script).args(args));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Raw manifest bytes of `reference` as skopeo sees them.
-pub fn raw_manifest(host: &str, reference: &str) -> serde_json::Value {
-    let out = skopeo(&["inspect", "--tls-verify=false", "--raw", &format!("docker://{host}/{reference}")]);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("manifest of {reference} is not JSON: {e}"))
 }

@@ -24,12 +24,12 @@ async fn skopeo_oci_image_round_trip() {
     let src = work.path().join("src");
     let digest = oci_layout(&src, "linux/amd64", 200_000, 1);
     let dest = format!("docker://{}/e2e/oci/app:v1", server.host);
-    skopeo(&["copy", "--dest-tls-verify=false", &format!("oci:{}:latest", src.display()), &dest]);
-    let inspect = skopeo(&["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &dest]);
+    server.skopeo(&["copy", "--dest-tls-verify=false", &format!("oci:{}:latest", src.display()), &dest]);
+    let inspect = server.skopeo(&["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &dest]);
     assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), digest);
 
     let back = work.path().join("back");
-    skopeo(&["copy", "--src-tls-verify=false", &dest, &format!("oci:{}:v1", back.display())]);
+    server.skopeo(&["copy", "--src-tls-verify=false", &dest, &format!("oci:{}:v1", back.display())]);
     for entry in std::fs::read_dir(src.join("blobs/sha256")).expect("blobs") {
         let name = entry.expect("entry").file_name();
         let original = std::fs::read(src.join("blobs/sha256").join(&name)).expect("read");
@@ -48,18 +48,25 @@ async fn skopeo_multi_arch_index_with_all_on_s3_with_presigned_pulls() {
     let src = work.path().join("src");
     let digest = oci_layout(&src, "linux/amd64,linux/arm64,linux/s390x", 50_000, 2);
     let dest = format!("docker://{}/e2e/multi:v1", server.host);
-    skopeo(&["copy", "--all", "--dest-tls-verify=false", &format!("oci:{}:latest", src.display()), &dest]);
-    let index = raw_manifest(&server.host, "e2e/multi:v1");
+    server.skopeo(&["copy", "--all", "--dest-tls-verify=false", &format!("oci:{}:latest", src.display()), &dest]);
+    let index = server.raw_manifest("e2e/multi:v1");
     assert_eq!(index["mediaType"], "application/vnd.oci.image.index.v1+json");
     assert_eq!(index["manifests"].as_array().map(Vec::len), Some(3));
     let back = work.path().join("back");
-    skopeo(&["copy", "--all", "--src-tls-verify=false", &dest, &format!("oci:{}:v1", back.display())]);
+    server.skopeo(&["copy", "--all", "--src-tls-verify=false", &dest, &format!("oci:{}:v1", back.display())]);
     let layout: serde_json::Value =
         serde_json::from_slice(&std::fs::read(back.join("index.json")).expect("index.json")).expect("json");
     assert_eq!(layout["manifests"][0]["digest"], digest.as_str());
     // One architecture alone resolves through the index.
-    let one =
-        skopeo(&["inspect", "--tls-verify=false", "--override-arch", "arm64", "--format", "{{.Architecture}}", &dest]);
+    let one = server.skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--override-arch",
+        "arm64",
+        "--format",
+        "{{.Architecture}}",
+        &dest,
+    ]);
     assert_eq!(String::from_utf8_lossy(&one.stdout).trim(), "arm64");
 }
 
@@ -70,11 +77,18 @@ async fn skopeo_format_v2s2_conversion() {
     let src = work.path().join("src");
     oci_layout(&src, "linux/amd64", 10_000, 3);
     let dest = format!("docker://{}/e2e/v2s2:v1", server.host);
-    skopeo(&["copy", "--format", "v2s2", "--dest-tls-verify=false", &format!("oci:{}:latest", src.display()), &dest]);
-    let manifest = raw_manifest(&server.host, "e2e/v2s2:v1");
+    server.skopeo(&[
+        "copy",
+        "--format",
+        "v2s2",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", src.display()),
+        &dest,
+    ]);
+    let manifest = server.raw_manifest("e2e/v2s2:v1");
     assert_eq!(manifest["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
     assert_eq!(manifest["config"]["mediaType"], "application/vnd.docker.container.image.v1+json");
-    skopeo(&["copy", "--src-tls-verify=false", &dest, &format!("dir:{}", work.path().join("out").display())]);
+    server.skopeo(&["copy", "--src-tls-verify=false", &dest, &format!("dir:{}", work.path().join("out").display())]);
 }
 
 #[tokio::test]
@@ -86,9 +100,9 @@ async fn skopeo_registry_to_registry_copy_mounts_and_delete() {
     oci_layout(&src, "linux/amd64", 100_000, 4);
     let a = format!("docker://{}/team/a:v1", server.host);
     let b = format!("docker://{}/team/b:v1", server.host);
-    skopeo(&["copy", "--dest-tls-verify=false", &format!("oci:{}:latest", src.display()), &a]);
-    skopeo(&["copy", "--src-tls-verify=false", "--dest-tls-verify=false", &a, &b]);
-    assert_eq!(raw_manifest(&server.host, "team/a:v1"), raw_manifest(&server.host, "team/b:v1"));
+    server.skopeo(&["copy", "--dest-tls-verify=false", &format!("oci:{}:latest", src.display()), &a]);
+    server.skopeo(&["copy", "--src-tls-verify=false", "--dest-tls-verify=false", &a, &b]);
+    assert_eq!(server.raw_manifest("team/a:v1"), server.raw_manifest("team/b:v1"));
     let pool = aerugo_db::pool(&database, 1).expect("pool");
     let client = pool.get().await.expect("connection");
     let mounts: i64 = client
@@ -99,10 +113,14 @@ async fn skopeo_registry_to_registry_copy_mounts_and_delete() {
     // skopeo re-sends the small config but mounts layers it knows are in the source repository.
     assert!(mounts >= 1, "the layer should be mounted, not re-uploaded");
 
-    skopeo(&["delete", "--tls-verify=false", &b]);
-    let gone = Command::new("skopeo").args(["inspect", "--tls-verify=false", "--raw", &b]).output().expect("skopeo");
+    server.skopeo(&["delete", "--tls-verify=false", &b]);
+    let gone = Command::new("skopeo")
+        .env("REGISTRY_AUTH_FILE", &server.auth_file)
+        .args(["inspect", "--tls-verify=false", "--raw", &b])
+        .output()
+        .expect("skopeo");
     assert!(!gone.status.success(), "deleted image still resolves");
-    raw_manifest(&server.host, "team/a:v1");
+    server.raw_manifest("team/a:v1");
 }
 
 #[tokio::test]
@@ -118,10 +136,10 @@ async fn oras_monolithic_and_chunked_push_then_pull() {
         if let Some(chunk) = chunk {
             args.extend(["--chunk-size", chunk]);
         }
-        let digest = oras(&args);
+        let digest = server.oras(&args);
         assert!(digest.starts_with("sha256:"), "push printed {digest:?}");
         let out = work.path().join(format!("out-{name}"));
-        oras(&["pull", &server.host, &reference, out.to_str().expect("utf8 path")]);
+        server.oras(&["pull", &server.host, &reference, out.to_str().expect("utf8 path")]);
         assert_eq!(std::fs::read(out.join(name)).expect("pulled file"), data, "{name} differs after pull");
     }
 }
@@ -132,7 +150,7 @@ async fn oras_artifact_with_subject_is_listed_as_a_referrer() {
     let work = tempfile::tempdir().expect("tempdir");
     let src = work.path().join("src");
     let subject = oci_layout(&src, "linux/amd64", 5_000, 5);
-    skopeo(&[
+    server.skopeo(&[
         "copy",
         "--dest-tls-verify=false",
         &format!("oci:{}:latest", src.display()),
@@ -141,8 +159,8 @@ async fn oras_artifact_with_subject_is_listed_as_a_referrer() {
     let sbom = work.path().join("sbom.json");
     std::fs::write(&sbom, br#"{"packages":[]}"#).expect("write");
     let artifact =
-        oras(&["push", &server.host, "signed/app:sbom", sbom.to_str().expect("utf8"), "--subject-tag", "v1"]);
-    let response = http_raw(&server.host, "GET", &format!("/v2/signed/app/referrers/{subject}")).expect("referrers");
+        server.oras(&["push", &server.host, "signed/app:sbom", sbom.to_str().expect("utf8"), "--subject-tag", "v1"]);
+    let response = server.http_as_admin("GET", &format!("/v2/signed/app/referrers/{subject}")).expect("referrers");
     let body = response.split("\r\n\r\n").nth(1).expect("body");
     let index: serde_json::Value = serde_json::from_str(body).expect("json");
     // The admin port counts the requests by route pattern.
@@ -164,16 +182,16 @@ async fn head_over_a_socket_reports_the_blob_length_without_a_body() {
     let work = tempfile::tempdir().expect("tempdir");
     let src = work.path().join("src");
     oci_layout(&src, "linux/amd64", 77_777, 6);
-    skopeo(&[
+    server.skopeo(&[
         "copy",
         "--dest-tls-verify=false",
         &format!("oci:{}:latest", src.display()),
         &format!("docker://{}/h/app:v1", server.host),
     ]);
-    let manifest = raw_manifest(&server.host, "h/app:v1");
+    let manifest = server.raw_manifest("h/app:v1");
     let layer = manifest["layers"][0]["digest"].as_str().expect("layer digest");
     let size = manifest["layers"][0]["size"].as_u64().expect("layer size");
-    let response = http_raw(&server.host, "HEAD", &format!("/v2/h/app/blobs/{layer}")).expect("head");
+    let response = server.http_as_admin("HEAD", &format!("/v2/h/app/blobs/{layer}")).expect("head");
     let (head, body) = response.split_once("\r\n\r\n").expect("headers");
     assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.to_ascii_lowercase().contains(&format!("content-length: {size}")), "{head}");
@@ -193,9 +211,13 @@ async fn upload_begun_on_one_node_is_finished_on_another() {
     let (p1, p2) = (work.path().join("p1"), work.path().join("p2"));
     std::fs::write(&p1, first).expect("write");
     std::fs::write(&p2, second).expect("write");
+    let admin = format!("{ADMIN_USER}:{ADMIN_PASSWORD}");
     let curl = |args: &[&str]| {
         String::from_utf8_lossy(
-            &run(Command::new("curl").args(["-sS", "-H", "Expect:", "-D", "-", "-o", "/dev/null"]).args(args)).stdout,
+            &run(Command::new("curl")
+                .args(["-sS", "-u", &admin, "-H", "Expect:", "-D", "-", "-o", "/dev/null"])
+                .args(args))
+            .stdout,
         )
         .into_owned()
     };
@@ -237,8 +259,12 @@ async fn upload_begun_on_one_node_is_finished_on_another() {
     assert!(put.starts_with("HTTP/1.1 201"), "{put}");
     // Visible on both nodes at once; the pull is a presigned redirect that curl follows.
     for node in [&a, &b] {
-        let out =
-            run(Command::new("curl").args(["-sSfL", &format!("http://{}/v2/nodes/app/blobs/{digest}", node.host)]));
+        let out = run(Command::new("curl").args([
+            "-sSfL",
+            "-u",
+            &admin,
+            &format!("http://{}/v2/nodes/app/blobs/{digest}", node.host),
+        ]));
         assert_eq!(out.stdout.len(), data.len());
         assert_eq!(format!("sha256:{}", sha256_hex(&out.stdout)), digest);
     }
@@ -250,10 +276,11 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 /// podman and buildah with storage of their own (vfs, so no kernel overlay support is needed).
-fn container_tool(tool: &str, storage: &std::path::Path, args: &[&str]) -> std::process::Output {
+fn container_tool(server: &Server, tool: &str, storage: &std::path::Path, args: &[&str]) -> std::process::Output {
     let root = storage.join("root");
     let runroot = storage.join("run");
     run(Command::new(tool)
+        .env("REGISTRY_AUTH_FILE", &server.auth_file)
         .arg("--root")
         .arg(&root)
         .arg("--runroot")
@@ -269,23 +296,28 @@ async fn podman_and_buildah_pull_build_and_push() {
     let src = work.path().join("src");
     oci_layout(&src, "linux/amd64", 30_000, 7);
     let base = format!("{}/base/image:v1", server.host);
-    skopeo(&["copy", "--dest-tls-verify=false", &format!("oci:{}:latest", src.display()), &format!("docker://{base}")]);
+    server.skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", src.display()),
+        &format!("docker://{base}"),
+    ]);
     let storage = work.path().join("containers");
 
-    container_tool("podman", &storage, &["pull", "-q", "--tls-verify=false", &base]);
+    container_tool(&server, "podman", &storage, &["pull", "-q", "--tls-verify=false", &base]);
     let copy = format!("{}/podman/copy:v1", server.host);
-    container_tool("podman", &storage, &["tag", &base, &copy]);
-    container_tool("podman", &storage, &["push", "-q", "--tls-verify=false", &copy]);
-    let pushed = raw_manifest(&server.host, "podman/copy:v1");
+    container_tool(&server, "podman", &storage, &["tag", &base, &copy]);
+    container_tool(&server, "podman", &storage, &["push", "-q", "--tls-verify=false", &copy]);
+    let pushed = server.raw_manifest("podman/copy:v1");
     assert_eq!(pushed["layers"].as_array().map(Vec::len), Some(1));
 
-    let out = container_tool("buildah", &storage, &["from", "--tls-verify=false", &base]);
+    let out = container_tool(&server, "buildah", &storage, &["from", "--tls-verify=false", &base]);
     let container = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    container_tool("buildah", &storage, &["config", "--label", "built-by=aerugo-e2e", &container]);
-    container_tool("buildah", &storage, &["commit", "-q", &container, "built:v1"]);
+    container_tool(&server, "buildah", &storage, &["config", "--label", "built-by=aerugo-e2e", &container]);
+    container_tool(&server, "buildah", &storage, &["commit", "-q", &container, "built:v1"]);
     let built = format!("docker://{}/buildah/built:v1", server.host);
-    container_tool("buildah", &storage, &["push", "-q", "--tls-verify=false", "built:v1", &built]);
-    let config = skopeo(&["inspect", "--tls-verify=false", "--config", &built]);
+    container_tool(&server, "buildah", &storage, &["push", "-q", "--tls-verify=false", "built:v1", &built]);
+    let config = server.skopeo(&["inspect", "--tls-verify=false", "--config", &built]);
     let config: serde_json::Value = serde_json::from_slice(&config.stdout).expect("config json");
     assert_eq!(config["config"]["Labels"]["built-by"], "aerugo-e2e");
 }

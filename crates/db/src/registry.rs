@@ -167,18 +167,6 @@ pub async fn ensure_repository(client: &impl GenericClient, org_id: i64, name: &
     Ok(client.query_one(&stmt, &[&org_id, &name]).await?.into())
 }
 
-/// Catalog page: repository names after `last`, at most `limit`.
-pub async fn list_repositories(client: &impl GenericClient, last: Option<&str>, limit: i64) -> Result<Vec<String>> {
-    let stmt = client
-        .prepare_cached(
-            "SELECT name FROM repositories
-             WHERE deleted_at IS NULL AND ($1::text IS NULL OR name > $1)
-             ORDER BY name LIMIT $2",
-        )
-        .await?;
-    Ok(client.query(&stmt, &[&last, &limit]).await?.iter().map(|r| r.get(0)).collect())
-}
-
 /// Records the time of the latest push into a repository.
 pub async fn touch_repository(client: &impl GenericClient, repository_id: i64) -> Result<()> {
     let stmt = client.prepare_cached("UPDATE repositories SET last_push_at = now() WHERE id = $1").await?;

@@ -17,12 +17,15 @@ use crate::error::Result;
 /// even when they are not simple expiries.
 const DECISION_TTL: Duration = Duration::from_secs(60);
 
+/// Decisions taken for one token: (resource, operation) → (allowed, valid until).
+type Decisions = HashMap<(String, &'static str), (bool, SystemTime)>;
+
 /// A verified token, what it says of its holder, and decisions already taken for it.
 pub struct CachedToken {
     verified: VerifiedToken,
     /// The authority block's facts.
     pub facts: TokenFacts,
-    decisions: Mutex<HashMap<(String, &'static str), (bool, SystemTime)>>,
+    decisions: Mutex<Decisions>,
 }
 
 /// Why a presented token is refused.

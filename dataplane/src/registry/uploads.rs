@@ -266,7 +266,7 @@ impl Registry {
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
         registry::insert_blob(&tx, digest.as_str(), size, &key).await?;
         registry::link_blob(&tx, repo.id, digest.as_str()).await?;
-        actor.record(&tx, "blob.push", &repo, json!({ "digest": digest, "size": size })).await?;
+        actor.record(&tx, "blob.push", repo, json!({ "digest": digest, "size": size })).await?;
         tx.commit().await.map_err(aerugo_db::Error::from)?;
         tracing::debug!(repo = %repo.name, %digest, size_bytes = size, "blob stored");
         Ok(())
@@ -294,7 +294,7 @@ async fn mount_blob(
         return Ok(false);
     }
     registry::link_blob(&tx, repo.id, digest.as_str()).await?;
-    actor.record(&tx, "blob.mount", &repo, json!({ "digest": digest, "from": from.as_str() })).await?;
+    actor.record(&tx, "blob.mount", repo, json!({ "digest": digest, "from": from.as_str() })).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
     Ok(true)
 }
