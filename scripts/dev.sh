@@ -124,7 +124,25 @@ cmd_run() {
   build --release
   local bin=$CARGO_TARGET_DIR/release/aerugo-dataplane
   "$bin" migrate
+  # Dev mode: a site administrator `admin` (password from AERUGO_ADMIN_PASSWORD, else a random
+  # one kept in .aerugo/admin-password), an organization `library` it owns that creates
+  # repositories on push, and a token signing key kept across restarts.
+  local password_file=$STATE/admin-password
+  if [ -n "${AERUGO_ADMIN_PASSWORD:-}" ]; then
+    (umask 077 && printf '%s\n' "$AERUGO_ADMIN_PASSWORD" >"$password_file")
+  elif [ ! -s "$password_file" ]; then
+    (umask 077 && head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$password_file")
+  fi
+  "$bin" bootstrap --admin-username admin --admin-password-file "$password_file" --org library
+  export AERUGO_TOKEN_KEY_FILE=${AERUGO_TOKEN_KEY_FILE:-$STATE/token.key}
+  [ -s "$AERUGO_TOKEN_KEY_FILE" ] || "$bin" keygen --out "$AERUGO_TOKEN_KEY_FILE"
+  local password
+  password=$(cat "$password_file")
   log "registry at http://$AERUGO_LISTEN (storage: $AERUGO_STORAGE) — Ctrl-C to stop"
+  log "site administrator: admin / $password (saved in $password_file)"
+  log "log in:  skopeo login --tls-verify=false -u admin -p '$password' $AERUGO_LISTEN"
+  log "   or:   docker login -u admin -p '$password' $AERUGO_LISTEN   (add it to insecure-registries)"
+  log "push to: $AERUGO_LISTEN/library/<name>:<tag>   API docs: http://$AERUGO_LISTEN/api/docs"
   "$bin" serve &
   PIDS+=($!)
   wait "${PIDS[@]}"

@@ -159,3 +159,56 @@ async fn users_log_in_with_real_clients_and_stay_in_their_organization() {
     let denied = events.as_array().expect("events").iter().any(|e| e["actor"] == "alice" && e["outcome"] == "denied");
     assert!(denied, "{events}");
 }
+
+#[tokio::test]
+async fn a_token_narrowed_offline_with_the_cli_is_honoured() {
+    let server = Server::start(&fresh_database().await, Storage::File);
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src");
+    oci_layout(&src, "linux/amd64", 5_000, 12);
+    server.skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:latest", src.display()),
+        &format!("docker://{}/ops/app:v1", server.host),
+    ]);
+    let scope = "repository:ops/app:pull,push,delete";
+    let out = run(Command::new("curl").args([
+        "-sSf",
+        "-u",
+        &format!("{ADMIN_USER}:{ADMIN_PASSWORD}"),
+        &format!("http://{}/v2/token?service=aerugo&scope={scope}", server.host),
+    ]));
+    let token: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let token = token["token"].as_str().expect("token").to_owned();
+    let mut narrow = Command::new(dataplane_bin());
+    narrow
+        .args(["token", "attenuate", "--repository", "ops/app", "--actions", "pull", "--expires-in", "120"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = narrow.spawn().expect("spawn");
+    use std::io::Write as _;
+    child.stdin.take().expect("stdin").write_all(token.as_bytes()).expect("write");
+    let narrowed = child.wait_with_output().expect("attenuate");
+    assert!(narrowed.status.success());
+    let narrowed = String::from_utf8(narrowed.stdout).expect("utf8").trim().to_owned();
+    let status = |token: &str, method: &str, path: &str| {
+        let out = run(Command::new("curl").args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            method,
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("http://{}{path}", server.host),
+        ]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(status(&token, "POST", "/v2/ops/app/blobs/uploads/"), "202");
+    assert_eq!(status(&narrowed, "GET", "/v2/ops/app/tags/list"), "200");
+    assert_eq!(status(&narrowed, "POST", "/v2/ops/app/blobs/uploads/"), "401");
+    assert_eq!(status(&narrowed, "DELETE", "/v2/ops/app/manifests/v1"), "401");
+}

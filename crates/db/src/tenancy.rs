@@ -272,8 +272,11 @@ pub async fn remove_member(client: &impl GenericClient, org_id: i64, user_id: i6
     Ok(client.execute(&stmt, &[&org_id, &user_id]).await? == 1)
 }
 
-/// Number of owners of an organization (the last one cannot leave).
+/// Number of owners of an organization (the last one cannot leave). Locks the organization's
+/// row until the transaction ends, so two concurrent demotions cannot both see a second owner.
 pub async fn owner_count(client: &impl GenericClient, org_id: i64) -> Result<i64> {
+    let lock = client.prepare_cached("SELECT 1 FROM organizations WHERE id = $1 FOR UPDATE").await?;
+    client.query_opt(&lock, &[&org_id]).await?;
     let stmt = client.prepare_cached("SELECT count(*) FROM org_members WHERE org_id = $1 AND role = 'owner'").await?;
     Ok(client.query_one(&stmt, &[&org_id]).await?.get(0))
 }
@@ -612,10 +615,15 @@ pub async fn revoke_api_key(client: &impl GenericClient, key_row_id: i64) -> Res
     Ok(client.query_one(&stmt, &[&key_row_id]).await?.get(0))
 }
 
-/// Public ids of keys revoked since `since`, and names of disabled users: credentials whose
-/// outstanding tokens must stop working.
+/// Public ids of keys revoked since `since` or owned by a disabled user, and names of disabled
+/// users: credentials whose outstanding tokens must stop working.
 pub async fn revoked_since(client: &impl GenericClient, since: OffsetDateTime) -> Result<(Vec<String>, Vec<String>)> {
-    let keys = client.prepare_cached("SELECT key_id FROM api_keys WHERE revoked_at >= $1").await?;
+    let keys = client
+        .prepare_cached(
+            "SELECT key_id FROM api_keys
+             WHERE revoked_at >= $1 OR owner_user_id IN (SELECT id FROM users WHERE disabled)",
+        )
+        .await?;
     let users = client.prepare_cached("SELECT username FROM users WHERE disabled").await?;
     let keys = client.query(&keys, &[&since]).await?.iter().map(|r| r.get(0)).collect();
     let users = client.query(&users, &[]).await?.iter().map(|r| r.get(0)).collect();

@@ -144,6 +144,8 @@ impl Caller {
                 };
                 let client = self.auth.client().await?;
                 let rights = self.auth.rights(&client, principal, name).await?;
+                // One pool connection per request at a time: the audit below takes its own.
+                drop(client);
                 if rights.actions.contains(action) {
                     return Ok(match principal {
                         Some(p) => self.actor(&p.actor(), p.site_admin),

@@ -208,12 +208,15 @@ impl Auth {
         let client = self.client().await?;
         self.check_blocked(&client, Some(username), source).await?;
         let found = tenancy::user_credentials(&client, username).await?;
+        // No pool connection is held while the password hash runs.
+        drop(client);
         let stored = found.as_ref().and_then(|(u, h)| h.clone().filter(|_| !u.disabled));
         let (candidate, hash) = (secret.to_owned(), stored.clone());
         let matches =
             tokio::task::spawn_blocking(move || password::verify(&candidate, &hash.unwrap_or_else(dummy_hash)))
                 .await
                 .map_err(|e| RegistryError::Internal(format!("password check: {e}")))?;
+        let client = self.client().await?;
         match found {
             Some((user, _)) if matches && stored.is_some() => {
                 tenancy::login_succeeded(&client, &format!("user:{username}")).await?;

@@ -214,8 +214,13 @@ impl Auth {
         self.logins.clear();
     }
 
+    /// Whether credentials must no longer work: an API key that was revoked (or whose owner was
+    /// disabled), or, for credentials without a key, a disabled user.
     fn is_revoked(&self, key_id: Option<&str>, username: &str) -> bool {
-        self.revoked.read().map_or(true, |r| key_id.is_some_and(|k| r.keys.contains(k)) || r.users.contains(username))
+        self.revoked.read().map_or(true, |r| match key_id {
+            Some(key) => r.keys.contains(key),
+            None => r.users.contains(username),
+        })
     }
 }
 

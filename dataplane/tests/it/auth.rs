@@ -380,3 +380,29 @@ async fn public_repositories_allow_anonymous_pull_but_never_push() {
     let catalog = send_as(&app, &catalog_token, TestRequest::get().uri("/v2/_catalog")).await;
     assert_eq!(catalog.json()["repositories"], json!(["acme/app"]));
 }
+
+#[actix_web::test]
+async fn tokens_of_the_previous_key_are_accepted_during_rotation() {
+    let (reg, alice, _) = tenants().await;
+    let old_node = raw_app(&reg).await;
+    let old_token = token(&old_node, Some(&alice.basic), &["repository:acme/app:pull"]).await;
+    let rotated = |previous: &[&str]| {
+        let keys =
+            aerugo_auth::token::TokenKeys::from_hex(&aerugo_auth::token::TokenKeys::generate().private_hex(), previous)
+                .expect("keys");
+        let pool = aerugo_db::pool(&reg.database_url, 2).expect("pool");
+        actix_web::web::Data::new(aerugo_dataplane::auth::Auth::new(pool, keys, Default::default()))
+    };
+    let old_key = reg.auth.keys().private_hex();
+    let during = app_with(&reg.registry, &rotated(&[&old_key]), &metrics(), None).await;
+    let pulled = send_as(&during, &old_token, TestRequest::get().uri("/v2/acme/app/manifests/v1")).await;
+    assert_eq!(pulled.status, StatusCode::OK, "a token of the previous key still works");
+    let new_token = token(&during, Some(&alice.basic), &["repository:acme/app:pull"]).await;
+    assert_eq!(
+        send_as(&during, &new_token, TestRequest::get().uri("/v2/acme/app/manifests/v1")).await.status,
+        StatusCode::OK
+    );
+    let after = app_with(&reg.registry, &rotated(&[]), &metrics(), None).await;
+    let refused = send_as(&after, &old_token, TestRequest::get().uri("/v2/acme/app/manifests/v1")).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "once the old key is dropped its tokens stop");
+}
