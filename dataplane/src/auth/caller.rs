@@ -26,7 +26,8 @@ pub struct Caller {
     auth: web::Data<Auth>,
     presented: Presented,
     source: Option<String>,
-    realm: String,
+    /// The request, for the realm of a challenge (built only when refusing).
+    req: HttpRequest,
 }
 
 /// Whose repositories a catalog request may list.
@@ -77,8 +78,10 @@ fn quote(value: &str) -> String {
 
 impl Caller {
     fn challenge(&self, scope: Option<&str>, error: Option<&str>) -> String {
+        let public_url = self.req.app_data::<web::Data<crate::Registry>>().and_then(|r| r.public_url());
+        let realm = realm(&self.req, public_url);
         let mut challenge =
-            format!("Bearer realm=\"{}\",service=\"{}\"", quote(&self.realm), quote(&self.auth.settings().service));
+            format!("Bearer realm=\"{}\",service=\"{}\"", quote(&realm), quote(&self.auth.settings().service));
         if let Some(scope) = scope {
             challenge.push_str(&format!(",scope=\"{}\"", quote(scope)));
         }
@@ -121,21 +124,35 @@ impl Caller {
     /// Allows `action` on `name` or refuses it, answering the same whether or not the
     /// repository exists. Returns who acts, for the core's audit events.
     pub async fn authorize(&self, name: &RepoName, action: Action) -> Result<Actor> {
-        let scope = format!(
-            "repository:{name}:{}",
-            match action {
-                Action::Push => "pull,push",
-                other => other.as_str(),
+        // Built only for a refusal: the allowed path does not allocate it.
+        let scope = || {
+            format!(
+                "repository:{name}:{}",
+                match action {
+                    Action::Push => "pull,push",
+                    other => other.as_str(),
+                }
+            )
+        };
+        let checked = match self.check(None).await {
+            Ok(checked) => checked,
+            Err(RegistryError::Unauthorized { detail, .. }) => {
+                let error = matches!(self.presented, Presented::Bearer(_)).then_some("invalid_token");
+                return Err(self.unauthorized(Some(&scope()), error, &detail));
             }
-        );
-        let checked = self.check(Some(&scope)).await?;
+            Err(other) => return Err(other),
+        };
         match &checked {
             Checked::Bearer(token) => {
                 if token.allows(&Need::Repository(name, action)) {
                     return Ok(self.actor(&token.facts.subject, token.facts.site_admin));
                 }
                 self.audit_denied(&token.facts.subject, name, action).await;
-                Err(self.unauthorized(Some(&scope), Some("insufficient_scope"), "the token does not grant this access"))
+                Err(self.unauthorized(
+                    Some(&scope()),
+                    Some("insufficient_scope"),
+                    "the token does not grant this access",
+                ))
             }
             Checked::Anonymous | Checked::Basic(_) => {
                 let principal = match &checked {
@@ -153,7 +170,7 @@ impl Caller {
                     });
                 }
                 match principal {
-                    None => Err(self.unauthorized(Some(&scope), None, "authentication required")),
+                    None => Err(self.unauthorized(Some(&scope()), None, "authentication required")),
                     Some(p) => {
                         self.audit_denied(&p.actor(), name, action).await;
                         Err(RegistryError::Denied("requested access to the resource is denied".into()))
@@ -255,10 +272,8 @@ impl FromRequest for Caller {
         let Some(auth) = req.app_data::<web::Data<Auth>>().cloned() else {
             return ready(Err(RegistryError::Internal("authentication is not configured".into())));
         };
-        let registry = req.app_data::<web::Data<crate::Registry>>();
-        let public_url = registry.and_then(|r| r.public_url());
         let presented = Presented::parse(req.headers().get("authorization").map(|v| v.as_bytes()));
         let source = source_address(req, auth.settings().trust_forwarded_for);
-        ready(Ok(Caller { realm: realm(req, public_url), presented, source, auth }))
+        ready(Ok(Caller { req: req.clone(), presented, source, auth }))
     }
 }

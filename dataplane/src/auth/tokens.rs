@@ -3,11 +3,11 @@
 //! for the scopes a caller asks for.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use aerugo_auth::Scope;
 use aerugo_auth::token::{Claims, Need, TokenFacts, TokenKind, VerifiedToken};
+use aerugo_auth::{Action, Scope};
 use sha2::{Digest, Sha256};
 
 use super::{Auth, Principal};
@@ -17,15 +17,17 @@ use crate::error::Result;
 /// even when they are not simple expiries.
 const DECISION_TTL: Duration = Duration::from_secs(60);
 
-/// Decisions taken for one token: (resource, operation) → (allowed, valid until).
-type Decisions = HashMap<(String, &'static str), (bool, SystemTime)>;
+/// Decisions taken for one token, by resource: per operation (pull, push, delete, catalog), whether
+/// it is allowed and until when that answer holds. Keyed by the resource alone so a lookup borrows
+/// the name instead of allocating.
+type Decisions = HashMap<String, [Option<(bool, SystemTime)>; 4]>;
 
 /// A verified token, what it says of its holder, and decisions already taken for it.
 pub struct CachedToken {
     verified: VerifiedToken,
     /// The authority block's facts.
     pub facts: TokenFacts,
-    decisions: Mutex<Decisions>,
+    decisions: RwLock<Decisions>,
 }
 
 /// Why a presented token is refused.
@@ -41,24 +43,26 @@ impl CachedToken {
     /// Whether the token allows `need` now. Evaluated by the token's own checks, at now and at
     /// the end of the remembered period; remembered only when both agree.
     pub fn allows(&self, need: &Need<'_>) -> bool {
-        let (resource, operation) = match need {
-            Need::Repository(name, action) => (name.as_str(), action.as_str()),
-            Need::Catalog => ("registry:catalog", "*"),
+        let (resource, slot) = match need {
+            Need::Repository(name, Action::Pull) => (name.as_str(), 0),
+            Need::Repository(name, Action::Push) => (name.as_str(), 1),
+            Need::Repository(name, Action::Delete) => (name.as_str(), 2),
+            Need::Catalog => ("registry:catalog", 3),
         };
         let now = SystemTime::now();
-        if let Ok(decisions) = self.decisions.lock()
-            && let Some((allowed, until)) = decisions.get(&(resource.to_owned(), operation))
-            && *until > now
+        if let Ok(decisions) = self.decisions.read()
+            && let Some(Some((allowed, until))) = decisions.get(resource).map(|d| d[slot])
+            && until > now
         {
-            return *allowed;
+            return allowed;
         }
         let allowed = self.verified.authorize(need, now).is_ok();
         let until = (now + DECISION_TTL).min(self.facts.expires_at);
         let later = until.checked_sub(Duration::from_millis(1)).unwrap_or(now);
         if self.verified.authorize(need, later).is_ok() == allowed
-            && let Ok(mut decisions) = self.decisions.lock()
+            && let Ok(mut decisions) = self.decisions.write()
         {
-            decisions.insert((resource.to_owned(), operation), (allowed, until));
+            decisions.entry(resource.to_owned()).or_default()[slot] = Some((allowed, until));
         }
         allowed
     }
@@ -90,7 +94,7 @@ impl Auth {
             None => {
                 let verified = self.keys.verify(token).map_err(|_| TokenRefusal::Invalid)?;
                 let facts = verified.facts().map_err(|_| TokenRefusal::Invalid)?;
-                let cached = Arc::new(CachedToken { verified, facts, decisions: Mutex::new(HashMap::new()) });
+                let cached = Arc::new(CachedToken { verified, facts, decisions: RwLock::new(HashMap::new()) });
                 if cached.facts.expires_at > now {
                     self.tokens.insert(hash, cached.clone());
                 }
