@@ -84,6 +84,13 @@ pub enum RegistryError {
         /// What was wrong (never which part of a credential).
         detail: String,
     },
+    /// 403 `DENIED` with a challenge: a valid token of an authenticated caller that does not
+    /// grant the request.
+    #[error("requested access to the resource is denied")]
+    InsufficientScope {
+        /// `WWW-Authenticate` header value naming the scope needed.
+        challenge: String,
+    },
     /// 429 `TOOMANYREQUESTS` with `Retry-After`: too many failed logins.
     #[error("too many failed login attempts, retry later")]
     TooManyRequests {
@@ -124,7 +131,7 @@ impl RegistryError {
             Self::TagInvalid(_) => "TAG_INVALID",
             Self::SizeInvalid { .. } => "SIZE_INVALID",
             Self::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
-            Self::Denied(_) => "DENIED",
+            Self::Denied(_) | Self::InsufficientScope { .. } => "DENIED",
             Self::Unsupported(_) => "UNSUPPORTED",
             Self::Unauthorized { .. } => "UNAUTHORIZED",
             Self::TooManyRequests { .. } => "TOOMANYREQUESTS",
@@ -151,6 +158,7 @@ impl RegistryError {
             | Self::Unsupported(d)
             | Self::InvalidRequest(d) => json!(d),
             Self::Unauthorized { detail, .. } => json!(detail),
+            Self::InsufficientScope { .. } => json!("the token does not grant this access"),
             Self::TooManyRequests { retry_after } => json!({ "retryAfterSeconds": retry_after }),
             Self::SizeInvalid { detail, .. } => json!(detail),
             Self::RangeMismatch { offset, .. } => json!({ "offset": offset }),
@@ -170,7 +178,7 @@ impl ResponseError for RegistryError {
             | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::RangeMismatch { .. } | Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::SizeInvalid { over_limit: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Denied(_) => StatusCode::FORBIDDEN,
+            Self::Denied(_) | Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -200,7 +208,7 @@ impl ResponseError for RegistryError {
             Self::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
-            Self::Unauthorized { challenge, .. } => {
+            Self::Unauthorized { challenge, .. } | Self::InsufficientScope { challenge } => {
                 response.insert_header((header::WWW_AUTHENTICATE, challenge.as_str()));
             }
             Self::TooManyRequests { retry_after } => {

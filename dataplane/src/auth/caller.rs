@@ -95,6 +95,19 @@ impl Caller {
         RegistryError::Unauthorized { challenge: self.challenge(scope, error), detail: detail.to_owned() }
     }
 
+    /// The refusal of a valid token that does not cover the request. An anonymous token gets
+    /// `401` (logging in may help); a token of an authenticated caller gets `403` with the
+    /// challenge (RFC 6750's `insufficient_scope`), so clients that cached one token for every
+    /// request (oras) know to fetch one for this scope, and clients that ask per operation stop.
+    fn insufficient_scope(&self, scope: &str, anonymous: bool) -> RegistryError {
+        let challenge = self.challenge(Some(scope), Some("insufficient_scope"));
+        if anonymous {
+            RegistryError::Unauthorized { challenge, detail: "authentication required".into() }
+        } else {
+            RegistryError::InsufficientScope { challenge }
+        }
+    }
+
     /// The client's address.
     pub fn source(&self) -> Option<&str> {
         self.source.as_deref()
@@ -148,11 +161,7 @@ impl Caller {
                     return Ok(self.actor(&token.facts.subject, token.facts.site_admin));
                 }
                 self.audit_denied(&token.facts.subject, name, action).await;
-                Err(self.unauthorized(
-                    Some(&scope()),
-                    Some("insufficient_scope"),
-                    "the token does not grant this access",
-                ))
+                Err(self.insufficient_scope(&scope(), token.facts.subject.is_empty()))
             }
             Checked::Anonymous | Checked::Basic(_) => {
                 let principal = match &checked {
@@ -213,11 +222,7 @@ impl Caller {
             Checked::Basic(p) => p,
             Checked::Bearer(token) => {
                 if !token.allows(&Need::Catalog) {
-                    return Err(self.unauthorized(
-                        Some(SCOPE),
-                        Some("insufficient_scope"),
-                        "the token does not grant catalog access",
-                    ));
+                    return Err(self.insufficient_scope(SCOPE, token.facts.subject.is_empty()));
                 }
                 match self.auth.principal_of(&token.facts.subject, token.facts.key_id.as_deref()).await? {
                     Some(p) => Arc::new(p),

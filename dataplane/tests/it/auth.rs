@@ -69,13 +69,19 @@ async fn the_token_endpoint_grants_only_what_the_caller_holds() {
     assert_eq!(pulled.status, StatusCode::OK);
     let pushed = push_blob_as(&app, &bearer, "acme/app", b"by token").await;
     assert_eq!(pushed, StatusCode::CREATED);
-    // Not granted: alice has no rights in globex, and the token says so.
+    // Not granted: alice has no rights in globex, and the token says so: 403 with the scope to
+    // ask for (RFC 6750 insufficient_scope).
     let other = send_as(&app, &bearer, TestRequest::get().uri("/v2/globex/app/manifests/v1")).await;
-    assert_eq!(other.status, StatusCode::UNAUTHORIZED);
-    assert!(challenge(&other).contains(r#"error="insufficient_scope""#));
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert_eq!(other.error_code(), "DENIED");
+    assert!(challenge(&other).ends_with(r#",scope="repository:globex/app:pull",error="insufficient_scope""#));
     // Asked for pull,push only: delete is not in the token even though alice owns acme.
     let delete = send_as(&app, &bearer, TestRequest::delete().uri("/v2/acme/app/manifests/v1")).await;
-    assert_eq!(delete.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(delete.status, StatusCode::FORBIDDEN);
+    // With a token for the scope, the same request goes through.
+    let wider = token(&app, Some(&alice.basic), &["repository:acme/app:delete"]).await;
+    let tag_gone = send_as(&app, &wider, TestRequest::delete().uri("/v2/acme/app/manifests/v1")).await;
+    assert_eq!(tag_gone.status, StatusCode::ACCEPTED);
 
     // Anonymous: a token with nothing in it is still a token.
     let anonymous = token(&app, None, &["repository:acme/app:pull"]).await;
@@ -209,15 +215,16 @@ async fn tampered_expired_foreign_and_attenuated_tokens() {
         attenuate(&raw, &Restriction { actions: Some(Actions::PULL), ..Restriction::default() }).expect("attenuate");
     let pull_only = format!("Bearer {pull_only}");
     assert_eq!(get_manifest(&app, pull_only.clone()).await.0, StatusCode::OK);
-    assert_eq!(push_blob_as(&app, &pull_only, "acme/app", b"narrowed").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(push_blob_as(&app, &pull_only, "acme/app", b"narrowed").await, StatusCode::FORBIDDEN);
     assert_eq!(push_blob_as(&app, &bearer, "acme/app", b"wide").await, StatusCode::CREATED);
-    // Attenuated to an earlier expiry that has passed.
+    // Attenuated to an earlier expiry that has passed: the issuer's token is still valid, but
+    // the holder's check no longer lets it grant anything (403; an issuer-expired token is 401).
     let short = attenuate(
         &raw,
         &Restriction { expires_at: Some(SystemTime::now() - Duration::from_secs(1)), ..Restriction::default() },
     )
     .expect("attenuate");
-    assert_eq!(get_manifest(&app, format!("Bearer {short}")).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(get_manifest(&app, format!("Bearer {short}")).await.0, StatusCode::FORBIDDEN);
     // Attenuated "beyond its rights": a holder's block claiming more grants nothing.
     let unverified = biscuit_auth::UnverifiedBiscuit::from_base64(&raw).expect("parse");
     let widened = unverified
@@ -226,9 +233,9 @@ async fn tampered_expired_foreign_and_attenuated_tokens() {
         .expect("append");
     let widened = format!("Bearer {widened}");
     let foreign_pull = send_as(&app, &widened, TestRequest::get().uri("/v2/globex/app/manifests/v1")).await;
-    assert_eq!(foreign_pull.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(foreign_pull.status, StatusCode::FORBIDDEN);
     let delete = send_as(&app, &widened, TestRequest::delete().uri("/v2/acme/app/manifests/v1")).await;
-    assert_eq!(delete.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(delete.status, StatusCode::FORBIDDEN);
 }
 
 /// Creates an API key for `user` through the management API; returns (key id, `Basic` value).
