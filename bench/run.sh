@@ -12,7 +12,7 @@
 # Distribution runs without authentication. Aerugo always authenticates: its image is made
 # public, so the rows without credentials are anonymous pulls (rights checked per request); the
 # "bearer" row sends a token from its token endpoint, and "token issuance" asks that endpoint
-# for tokens with an API key as the password (Basic).
+# for tokens with an API key as the password (Basic; `ab -l`: token lengths vary).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -136,7 +136,7 @@ read -r dist_rps dist_p99 < <(wrk_run "$DIST_ADDR" /v2/bench/app/manifests/v1)
 row "manifest GET by tag, bearer" "$dist_rps" "$dist_p99" "$bearer_rps" "$bearer_p99"
 bearer_vs_anon=$(awk -v b="$bearer_rps" -v a="$anon_rps" 'BEGIN {printf "%.2f", b/a}')
 echo "bearer / anonymous (same run): ${bearer_vs_anon}x ($bearer_rps vs $anon_rps req/s)"
-token_out=$(ab -q -k -c "$CONNS" -t "$DURATION" -n $((DURATION * 20000)) -A "admin:$API_KEY" \
+token_out=$(ab -q -k -l -c "$CONNS" -t "$DURATION" -n $((DURATION * 20000)) -A "admin:$API_KEY" \
   "http://$AERUGO_ADDR/v2/token?service=aerugo&scope=repository:bench/app:pull" 2>&1)
 token_failed=$(awk '/Failed requests/ {print $3}' <<<"$token_out")
 token_non2xx=$(awk '/Non-2xx responses/ {print $3}' <<<"$token_out")
