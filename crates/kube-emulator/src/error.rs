@@ -95,6 +95,19 @@ impl ApiError {
         e
     }
 
+    /// 422 Invalid listing every schema violation.
+    pub fn invalid_object(group: &str, plural: &str, name: &str, violations: &[crate::schema::Violation]) -> Self {
+        let summary: Vec<String> = violations.iter().map(|v| format!("{}: {}", v.field, v.message)).collect();
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{} \"{name}\" is invalid: [{}]", qualified(plural, group), summary.join(", ")),
+        )
+        .about(group, plural, name);
+        e.details.causes = violations.iter().map(crate::schema::Violation::cause).collect();
+        e
+    }
+
     /// The `Status` body.
     pub fn status(&self) -> Value {
         let d = &self.details;

@@ -136,6 +136,8 @@ pub struct Store {
     history_limit: usize,
     /// Events at or below this resourceVersion are gone from the history.
     compacted_through: u64,
+    /// `openAPIV3Schema` of custom resource types, by `group/plural`.
+    schemas: BTreeMap<String, Value>,
 }
 
 fn metadata(obj: &Value) -> &Value {
@@ -217,6 +219,23 @@ impl Store {
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             compacted_through: 0,
+            schemas: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the structural schema objects of `ty` are pruned, defaulted and validated with.
+    pub fn set_schema(&mut self, ty: &ResourceType, schema: Value) {
+        self.schemas.insert(ty.key(), schema);
+    }
+
+    /// Applies `ty`'s schema to `obj` (if it has one): 422 with every violation.
+    fn conform(&self, ty: &ResourceType, name: &str, obj: &mut Value) -> Result<(), ApiError> {
+        let Some(schema) = self.schemas.get(&ty.key()) else { return Ok(()) };
+        let violations = crate::schema::apply(obj, schema);
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid_object(&ty.group, &ty.plural, name, &violations))
         }
     }
 
@@ -343,6 +362,7 @@ impl Store {
         {
             o.remove("status");
         }
+        self.conform(ty, &name, &mut obj)?;
         let rv = self.bump();
         set_meta(&mut obj, "resourceVersion", json!(rv.to_string()));
         self.objects.insert(key, obj.clone());
@@ -546,6 +566,7 @@ impl Store {
                 "Forbidden: no new finalizers can be added if the object is being deleted",
             ));
         }
+        self.conform(ty, name, &mut next)?;
         if subresource == Subresource::Main && spec_part(&next) != spec_part(&existing) {
             let generation = existing["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             set_meta(&mut next, "generation", json!(generation));

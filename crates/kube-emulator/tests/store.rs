@@ -288,3 +288,44 @@ fn watch_history_is_bounded_and_expires() {
     assert_eq!(rv(&deleted), s.resource_version(), "a deletion carries a new resourceVersion");
     assert_eq!(s.delete(&secrets(), "team", "s3", Some("wrong-uid"), None).expect_err("precondition").code, 409);
 }
+
+#[test]
+fn custom_resources_are_pruned_defaulted_and_validated_on_every_write() {
+    let mut s = store();
+    s.set_schema(
+        &orgs(),
+        json!({
+            "type": "object",
+            "properties": {
+                "spec": { "type": "object", "required": ["displayName"], "properties": {
+                    "displayName": { "type": "string", "minLength": 1 },
+                    "autoCreateRepositories": { "type": "boolean", "default": true }
+                } },
+                "status": { "type": "object", "properties": { "orgId": { "type": "integer" } } }
+            }
+        }),
+    );
+    let mut o = org("acme");
+    o["spec"]["typo"] = json!("x");
+    let created = s.create(&orgs(), "team", o).expect("create");
+    assert!(created["spec"].get("typo").is_none());
+    assert_eq!(created["spec"]["autoCreateRepositories"], true);
+    let status = s
+        .patch(
+            &orgs(),
+            "team",
+            "acme",
+            PatchKind::Merge,
+            &json!({ "status": { "orgId": 1, "undeclared": 2 } }),
+            Subresource::Status,
+        )
+        .expect("status");
+    assert_eq!(status["status"], json!({ "orgId": 1 }), "undeclared status fields vanish, as in a cluster");
+    let invalid = s
+        .patch(&orgs(), "team", "acme", PatchKind::Merge, &json!({ "spec": { "displayName": "" } }), Subresource::Main)
+        .expect_err("invalid");
+    assert_eq!((invalid.code, invalid.reason), (422, "Invalid"));
+    assert_eq!(invalid.status()["details"]["causes"][0]["field"], "spec.displayName");
+    let missing = s.create(&orgs(), "team", json!({ "metadata": { "name": "b" }, "spec": {} })).expect_err("required");
+    assert_eq!(missing.status()["details"]["causes"][0]["reason"], "FieldValueRequired");
+}
