@@ -510,34 +510,23 @@ impl Store {
         if meta_str(&requested, "name").is_some_and(|n| n != name) {
             return Err(ApiError::bad_request("the name of the object does not match the name in the URL"));
         }
+        let next_status_from = |mut target: Value, source: &Value| {
+            match source.get("status") {
+                Some(status) => target["status"] = status.clone(),
+                None => {
+                    if let Some(o) = target.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+            target
+        };
         let mut next = match subresource {
             // A status write changes only `.status`.
-            Subresource::Status => {
-                let mut next = existing.clone();
-                match requested.get("status") {
-                    Some(status) => next["status"] = status.clone(),
-                    None => {
-                        if let Some(o) = next.as_object_mut() {
-                            o.remove("status");
-                        }
-                    }
-                }
-                next
-            }
-            Subresource::Main => {
-                let mut next = requested;
-                if ty.status_subresource {
-                    match existing.get("status") {
-                        Some(status) => next["status"] = status.clone(),
-                        None => {
-                            if let Some(o) = next.as_object_mut() {
-                                o.remove("status");
-                            }
-                        }
-                    }
-                }
-                next
-            }
+            Subresource::Status => next_status_from(existing.clone(), &requested),
+            // With a status subresource, the main resource keeps the stored status.
+            Subresource::Main if ty.status_subresource => next_status_from(requested, &existing),
+            Subresource::Main => requested,
         };
         next["apiVersion"] = json!(ty.api_version());
         next["kind"] = json!(ty.kind);
