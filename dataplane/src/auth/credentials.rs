@@ -20,18 +20,12 @@ use crate::error::{RegistryError, Result};
 /// Longest `Authorization` value considered (a token is well under 4 KiB).
 const MAX_AUTHORIZATION_LEN: usize = 8192;
 
-/// An argon2id hash of a random password: checked when the user does not exist (or has no
-/// password), so a missing user takes as long to refuse as a wrong password.
+/// An argon2id hash checked when the user does not exist (or has no password), so a missing
+/// user takes as long to refuse as a wrong password. What it hashes does not matter: a match
+/// against it never authenticates anyone (success also needs a stored hash).
 fn dummy_hash() -> String {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| password::hash(&hex_random()).unwrap_or_default()).clone()
-}
-
-fn hex_random() -> String {
-    let mut bytes = [0u8; 16];
-    // A failed random source only makes the dummy predictable; it never matches a real login.
-    let _ = getrandom::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    DUMMY.get_or_init(|| password::hash("no such user").unwrap_or_default()).clone()
 }
 
 /// What an `Authorization` header carries.
