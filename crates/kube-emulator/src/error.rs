@@ -73,6 +73,58 @@ impl ApiError {
         .about(group, plural, name)
     }
 
+    /// 409 Conflict from server-side apply: fields another manager owns.
+    pub fn apply_conflict(group: &str, plural: &str, name: &str, causes: Vec<Value>) -> Self {
+        let fields: Vec<String> = causes
+            .iter()
+            .map(|c| {
+                format!("{}: {}", c["message"].as_str().unwrap_or_default(), c["field"].as_str().unwrap_or_default())
+            })
+            .collect();
+        let mut e = Self::new(
+            409,
+            "Conflict",
+            format!(
+                "Apply failed with {} conflict{}: {}",
+                causes.len(),
+                if causes.len() == 1 { "" } else { "s" },
+                fields.join("; ")
+            ),
+        )
+        .about(group, plural, name);
+        e.details.causes = causes;
+        e
+    }
+
+    /// 403 Forbidden.
+    pub fn forbidden(group: &str, plural: &str, name: &str, why: &str) -> Self {
+        Self::new(403, "Forbidden", format!("{} \"{name}\" is forbidden: {why}", qualified(plural, group)))
+            .about(group, plural, name)
+    }
+
+    /// 405 MethodNotAllowed.
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(405, "MethodNotAllowed", message.into())
+    }
+
+    /// Any code, for fault injection: the reason the API server gives it.
+    pub fn injected(code: u16) -> Self {
+        let reason = match code {
+            400 => "BadRequest",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "NotFound",
+            409 => "Conflict",
+            410 => "Expired",
+            422 => "Invalid",
+            429 => "TooManyRequests",
+            503 => "ServiceUnavailable",
+            504 => "Timeout",
+            _ => "InternalError",
+        };
+        Self::new(code, reason, format!("injected failure ({code} {reason})"))
+    }
+
     /// 410 Expired: a resourceVersion or continue token older than the retained history.
     pub fn expired(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message.into())
