@@ -975,6 +975,9 @@ fn builtin_defaults(ty: &ResourceType, obj: &mut Value) -> Result<(), ApiError> 
                 obj["type"] = json!("Opaque");
             }
         }
+        ("apiextensions.k8s.io", "customresourcedefinitions") => {
+            crate::types::crd_types(obj)?;
+        }
         ("", "namespaces") => {
             let terminating = meta_str(obj, "deletionTimestamp").is_some();
             obj["status"]["phase"] = json!(if terminating { "Terminating" } else { "Active" });
