@@ -3,6 +3,7 @@
 //! This crate knows nothing of HTTP, Kubernetes or blob storage.
 
 pub mod audit;
+pub mod declared;
 pub mod error;
 pub mod registry;
 pub mod tenancy;

@@ -1,0 +1,508 @@
+//! Rows declared by Kubernetes objects: what the operator writes. Every row is keyed by its
+//! object's UID (so a same-named object elsewhere can never adopt it) and carries
+//! `managed_by = 'kubernetes'`. Each sync compares before it writes: a resync of unchanged
+//! objects writes nothing.
+
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::Result;
+
+/// The outcome of claiming a registry-wide name for an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The row is the object's: its id, and whether this sync wrote anything.
+    Owned {
+        /// Row id.
+        id: i64,
+        /// Something was inserted or updated.
+        changed: bool,
+    },
+    /// Another owner holds the name: an object in `namespace`, or (`None`) the management API.
+    Taken {
+        /// The namespace of the object that holds it, if it is one.
+        namespace: Option<String>,
+    },
+}
+
+/// An Organization object's row.
+#[derive(Debug, Clone)]
+pub struct DeclaredOrg<'a> {
+    /// The object's UID.
+    pub uid: Uuid,
+    /// The object's namespace.
+    pub namespace: &'a str,
+    /// Registry-wide name (`metadata.name`).
+    pub name: &'a str,
+    /// `displayName`.
+    pub display_name: Option<&'a str>,
+    /// Quota in bytes.
+    pub quota_bytes: Option<i64>,
+    /// Dedicated bucket.
+    pub bucket: Option<&'a str>,
+    /// `autoCreateRepositories`.
+    pub auto_create_repos: bool,
+    /// `private` or `public`.
+    pub default_visibility: &'a str,
+}
+
+/// Claims and updates the organization row of an Organization object. The row it owns (by
+/// UID) is updated; an orphaned row of the same name left by an object of the same namespace
+/// is adopted; a name held by anyone else is `Taken`.
+pub async fn sync_org(client: &impl GenericClient, org: &DeclaredOrg<'_>) -> Result<Claim> {
+    let rows = client
+        .query(
+            "SELECT id, k8s_uid, k8s_namespace, orphaned_at IS NOT NULL AS orphaned, name
+               FROM organizations WHERE k8s_uid = $1 OR name = $2 FOR UPDATE",
+            &[&org.uid, &org.name],
+        )
+        .await?;
+    let mine = rows.iter().find(|r| r.get::<_, Option<Uuid>>("k8s_uid") == Some(org.uid));
+    let id = match mine {
+        Some(row) => row.get::<_, i64>("id"),
+        None => match rows.iter().find(|r| r.get::<_, String>("name") == org.name) {
+            Some(row)
+                if row.get::<_, bool>("orphaned")
+                    && row.get::<_, Option<String>>("k8s_namespace").as_deref() == Some(org.namespace) =>
+            {
+                row.get("id")
+            }
+            Some(row) => return Ok(Claim::Taken { namespace: row.get("k8s_namespace") }),
+            None => {
+                let row = client
+                    .query_one(
+                        "INSERT INTO organizations (name, display_name, k8s_uid, k8s_namespace, managed_by, quota_bytes,
+                                                    bucket, auto_create_repos, default_visibility)
+                         VALUES ($1, $2, $3, $4, 'kubernetes', $5, $6, $7, $8) RETURNING id",
+                        &[
+                            &org.name,
+                            &org.display_name,
+                            &org.uid,
+                            &org.namespace,
+                            &org.quota_bytes,
+                            &org.bucket,
+                            &org.auto_create_repos,
+                            &org.default_visibility,
+                        ],
+                    )
+                    .await?;
+                return Ok(Claim::Owned { id: row.get("id"), changed: true });
+            }
+        },
+    };
+    let changed = client
+        .execute(
+            "UPDATE organizations
+                SET display_name = $2, k8s_uid = $3, k8s_namespace = $4, managed_by = 'kubernetes', quota_bytes = $5,
+                    bucket = $6, auto_create_repos = $7, default_visibility = $8, orphaned_at = NULL
+              WHERE id = $1
+                AND (display_name, k8s_uid, k8s_namespace, managed_by, quota_bytes, bucket, auto_create_repos,
+                     default_visibility, orphaned_at)
+                    IS DISTINCT FROM ($2, $3, $4, 'kubernetes', $5, $6, $7, $8, NULL::timestamptz)",
+            &[
+                &id,
+                &org.display_name,
+                &org.uid,
+                &org.namespace,
+                &org.quota_bytes,
+                &org.bucket,
+                &org.auto_create_repos,
+                &org.default_visibility,
+            ],
+        )
+        .await?;
+    Ok(Claim::Owned { id, changed: changed > 0 })
+}
+
+/// Makes the organization's members exactly `members` (username, role). Returns the usernames
+/// that do not exist (left out) and whether anything was written.
+pub async fn sync_members(
+    client: &impl GenericClient,
+    org_id: i64,
+    members: &[(&str, &str)],
+) -> Result<(Vec<String>, bool)> {
+    let names: Vec<&str> = members.iter().map(|(u, _)| *u).collect();
+    let users = client.query("SELECT id, username FROM users WHERE username = ANY($1)", &[&names]).await?;
+    let id_of =
+        |name: &str| users.iter().find(|u| u.get::<_, String>("username") == name).map(|u| u.get::<_, i64>("id"));
+    let unknown: Vec<String> = names.iter().filter(|n| id_of(n).is_none()).map(|n| (*n).to_owned()).collect();
+    let desired: Vec<(i64, &str)> = members.iter().filter_map(|(u, role)| id_of(u).map(|id| (id, *role))).collect();
+    let current: Vec<(i64, String)> = client
+        .query("SELECT user_id, role FROM org_members WHERE org_id = $1", &[&org_id])
+        .await?
+        .iter()
+        .map(|r| (r.get("user_id"), r.get("role")))
+        .collect();
+    let mut changed = false;
+    for (user_id, _) in current.iter().filter(|(id, _)| !desired.iter().any(|(d, _)| d == id)) {
+        client.execute("DELETE FROM org_members WHERE org_id = $1 AND user_id = $2", &[&org_id, user_id]).await?;
+        changed = true;
+    }
+    for (user_id, role) in &desired {
+        if current.iter().any(|(id, r)| id == user_id && r == role) {
+            continue;
+        }
+        client
+            .execute(
+                "INSERT INTO org_members (org_id, user_id, role) VALUES ($1, $2, $3)
+                 ON CONFLICT (org_id, user_id) DO UPDATE SET role = EXCLUDED.role",
+                &[&org_id, user_id, role],
+            )
+            .await?;
+        changed = true;
+    }
+    Ok((unknown, changed))
+}
+
+/// The organization row an Organization object owns, by UID: (id, name).
+pub async fn org_of(client: &impl GenericClient, uid: Uuid) -> Result<Option<(i64, String)>> {
+    Ok(client
+        .query_opt("SELECT id, name FROM organizations WHERE k8s_uid = $1", &[&uid])
+        .await?
+        .map(|r| (r.get("id"), r.get("name"))))
+}
+
+/// Usage of an organization: bytes of the distinct blobs its repositories reference, and its
+/// repository count.
+pub async fn org_usage(client: &impl GenericClient, org_id: i64) -> Result<(i64, i64)> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT COALESCE(SUM(b.size), 0)::bigint FROM blobs b
+                      WHERE b.digest IN (SELECT rb.digest FROM repository_blobs rb
+                                           JOIN repositories r ON r.id = rb.repository_id WHERE r.org_id = $1)) AS bytes,
+                    (SELECT COUNT(*) FROM repositories WHERE org_id = $1) AS repositories",
+            &[&org_id],
+        )
+        .await?;
+    Ok((row.get("bytes"), row.get("repositories")))
+}
+
+/// What releasing a row on deletion did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Rows deleted or orphaned.
+    pub rows: u64,
+    /// Storage keys of blobs no repository references any more (to delete from storage).
+    pub unreferenced_blobs: Vec<String>,
+}
+
+/// Releases an Organization object's row: `delete` removes it with its repositories, tags,
+/// manifests, members and keys (and the blob rows nothing references any more, whose storage
+/// keys are returned); otherwise the row is kept, marked orphaned, for a new object of the same
+/// name in the same namespace to adopt.
+pub async fn release_org(client: &impl GenericClient, uid: Uuid, delete: bool) -> Result<Released> {
+    if !delete {
+        let rows = client
+            .execute("UPDATE organizations SET k8s_uid = NULL, orphaned_at = now() WHERE k8s_uid = $1", &[&uid])
+            .await?;
+        return Ok(Released { rows, unreferenced_blobs: Vec::new() });
+    }
+    let digests: Vec<String> = client
+        .query(
+            "SELECT DISTINCT rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+               JOIN organizations o ON o.id = r.org_id WHERE o.k8s_uid = $1",
+            &[&uid],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let rows = client.execute("DELETE FROM organizations WHERE k8s_uid = $1", &[&uid]).await?;
+    let unreferenced_blobs = drop_unreferenced_blobs(client, &digests).await?;
+    Ok(Released { rows, unreferenced_blobs })
+}
+
+/// Deletes the blob rows among `digests` that no repository links any more; returns their
+/// storage keys.
+async fn drop_unreferenced_blobs(client: &impl GenericClient, digests: &[String]) -> Result<Vec<String>> {
+    Ok(client
+        .query(
+            "DELETE FROM blobs b WHERE b.digest = ANY($1)
+                AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)
+             RETURNING b.storage_key",
+            &[&digests],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// A Repository object's row.
+#[derive(Debug, Clone)]
+pub struct DeclaredRepo<'a> {
+    /// The object's UID.
+    pub uid: Uuid,
+    /// The object's namespace.
+    pub namespace: &'a str,
+    /// The organization row.
+    pub org_id: i64,
+    /// Full name (`org/path`).
+    pub name: &'a str,
+    /// `private` or `public`.
+    pub visibility: &'a str,
+    /// Immutable tag patterns.
+    pub immutable_tag_patterns: &'a [String],
+    /// Retention settings, as JSON.
+    pub retention: Option<&'a Value>,
+}
+
+/// Claims and updates a Repository object's row, as [`sync_org`] does for organizations.
+pub async fn sync_repo(client: &impl GenericClient, repo: &DeclaredRepo<'_>) -> Result<Claim> {
+    let rows = client
+        .query(
+            "SELECT id, k8s_uid, k8s_namespace, orphaned_at IS NOT NULL AS orphaned, name
+               FROM repositories WHERE k8s_uid = $1 OR name = $2 FOR UPDATE",
+            &[&repo.uid, &repo.name],
+        )
+        .await?;
+    let mine = rows.iter().find(|r| r.get::<_, Option<Uuid>>("k8s_uid") == Some(repo.uid));
+    let id = match mine {
+        Some(row) => row.get::<_, i64>("id"),
+        None => match rows.iter().find(|r| r.get::<_, String>("name") == repo.name) {
+            Some(row)
+                if row.get::<_, bool>("orphaned")
+                    && row.get::<_, Option<String>>("k8s_namespace").as_deref() == Some(repo.namespace) =>
+            {
+                row.get("id")
+            }
+            // A repository created by a push (no object) is adopted by the object that declares it.
+            Some(row) if row.get::<_, Option<Uuid>>("k8s_uid").is_none() && !row.get::<_, bool>("orphaned") => {
+                let api_managed: bool = client
+                    .query_one("SELECT managed_by = 'api' FROM repositories WHERE id = $1", &[&row.get::<_, i64>("id")])
+                    .await?
+                    .get(0);
+                if !api_managed {
+                    return Ok(Claim::Taken { namespace: row.get("k8s_namespace") });
+                }
+                row.get("id")
+            }
+            Some(row) => return Ok(Claim::Taken { namespace: row.get("k8s_namespace") }),
+            None => {
+                let row = client
+                    .query_one(
+                        "INSERT INTO repositories (org_id, name, visibility, k8s_uid, k8s_namespace, managed_by,
+                                                   immutable_tag_patterns, retention)
+                         VALUES ($1, $2, $3, $4, $5, 'kubernetes', $6, $7) RETURNING id",
+                        &[
+                            &repo.org_id,
+                            &repo.name,
+                            &repo.visibility,
+                            &repo.uid,
+                            &repo.namespace,
+                            &repo.immutable_tag_patterns,
+                            &repo.retention,
+                        ],
+                    )
+                    .await?;
+                return Ok(Claim::Owned { id: row.get("id"), changed: true });
+            }
+        },
+    };
+    let changed = client
+        .execute(
+            "UPDATE repositories
+                SET org_id = $2, visibility = $3, k8s_uid = $4, k8s_namespace = $5, managed_by = 'kubernetes',
+                    immutable_tag_patterns = $6, retention = $7, orphaned_at = NULL
+              WHERE id = $1
+                AND (org_id, visibility, k8s_uid, k8s_namespace, managed_by, immutable_tag_patterns, retention, orphaned_at)
+                    IS DISTINCT FROM ($2, $3, $4, $5, 'kubernetes', $6::text[], $7::jsonb, NULL::timestamptz)",
+            &[
+                &id,
+                &repo.org_id,
+                &repo.visibility,
+                &repo.uid,
+                &repo.namespace,
+                &repo.immutable_tag_patterns,
+                &repo.retention,
+            ],
+        )
+        .await?;
+    Ok(Claim::Owned { id, changed: changed > 0 })
+}
+
+/// Makes a repository's grants exactly `grants` (subject kind, subject id, access); returns
+/// whether anything was written.
+pub async fn sync_grants(
+    client: &impl GenericClient,
+    repository_id: i64,
+    grants: &[(&str, i64, &str)],
+) -> Result<bool> {
+    let current: Vec<(String, i64, String)> = client
+        .query(
+            "SELECT subject_kind, subject_id, access FROM repository_grants WHERE repository_id = $1",
+            &[&repository_id],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let mut changed = false;
+    for (kind, id, _) in current.iter().filter(|(k, i, _)| !grants.iter().any(|(gk, gi, _)| gk == k && gi == i)) {
+        client
+            .execute(
+                "DELETE FROM repository_grants WHERE repository_id = $1 AND subject_kind = $2 AND subject_id = $3",
+                &[&repository_id, kind, id],
+            )
+            .await?;
+        changed = true;
+    }
+    for (kind, id, access) in grants {
+        if current.iter().any(|(k, i, a)| k == kind && i == id && a == access) {
+            continue;
+        }
+        client
+            .execute(
+                "INSERT INTO repository_grants (repository_id, subject_kind, subject_id, access) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (repository_id, subject_kind, subject_id) DO UPDATE SET access = EXCLUDED.access",
+                &[&repository_id, kind, id, access],
+            )
+            .await?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+/// User ids by username (missing users are absent).
+pub async fn user_ids(client: &impl GenericClient, usernames: &[&str]) -> Result<Vec<(String, i64)>> {
+    Ok(client
+        .query("SELECT username, id FROM users WHERE username = ANY($1)", &[&usernames])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// A repository's tag count, referenced bytes and last push.
+pub async fn repo_usage(client: &impl GenericClient, repository_id: i64) -> Result<(i64, i64, Option<OffsetDateTime>)> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT COUNT(*) FROM tags WHERE repository_id = $1) AS tags,
+                    (SELECT COALESCE(SUM(b.size), 0)::bigint FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+                      WHERE rb.repository_id = $1) AS bytes,
+                    (SELECT last_push_at FROM repositories WHERE id = $1) AS last_push_at",
+            &[&repository_id],
+        )
+        .await?;
+    Ok((row.get("tags"), row.get("bytes"), row.get("last_push_at")))
+}
+
+/// Releases a Repository object's row (see [`release_org`]).
+pub async fn release_repo(client: &impl GenericClient, uid: Uuid, delete: bool) -> Result<Released> {
+    if !delete {
+        let rows = client
+            .execute("UPDATE repositories SET k8s_uid = NULL, orphaned_at = now() WHERE k8s_uid = $1", &[&uid])
+            .await?;
+        return Ok(Released { rows, unreferenced_blobs: Vec::new() });
+    }
+    let digests: Vec<String> = client
+        .query(
+            "SELECT rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id WHERE r.k8s_uid = $1",
+            &[&uid],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let rows = client.execute("DELETE FROM repositories WHERE k8s_uid = $1", &[&uid]).await?;
+    let unreferenced_blobs = drop_unreferenced_blobs(client, &digests).await?;
+    Ok(Released { rows, unreferenced_blobs })
+}
+
+/// One key row of an ApiKey object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredKey {
+    /// Row id.
+    pub id: i64,
+    /// Public key id.
+    pub key_id: String,
+    /// Expiry.
+    pub expires_at: Option<OffsetDateTime>,
+    /// Creation.
+    pub created_at: OffsetDateTime,
+}
+
+/// The key rows of an ApiKey object that still work (not revoked, not expired), newest first.
+pub async fn live_keys(client: &impl GenericClient, uid: Uuid) -> Result<Vec<DeclaredKey>> {
+    Ok(client
+        .query(
+            "SELECT id, key_id, expires_at, created_at FROM api_keys
+              WHERE k8s_uid = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+              ORDER BY created_at DESC, id DESC",
+            &[&uid],
+        )
+        .await?
+        .iter()
+        .map(|r| DeclaredKey {
+            id: r.get("id"),
+            key_id: r.get("key_id"),
+            expires_at: r.get("expires_at"),
+            created_at: r.get("created_at"),
+        })
+        .collect())
+}
+
+/// A new key row for an ApiKey object.
+#[derive(Debug, Clone)]
+pub struct NewDeclaredKey<'a> {
+    /// The object's UID.
+    pub uid: Uuid,
+    /// The organization the key acts for.
+    pub org_id: i64,
+    /// Public key id.
+    pub key_id: &'a str,
+    /// SHA-256 of the secret.
+    pub key_hash: &'a [u8],
+    /// Label (`namespace/name`).
+    pub name: &'a str,
+    /// Scopes over full repository names, as JSON.
+    pub scopes: &'a Value,
+    /// Expiry.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+/// Inserts a key row; returns its id.
+pub async fn insert_key(client: &impl GenericClient, key: &NewDeclaredKey<'_>) -> Result<i64> {
+    Ok(client
+        .query_one(
+            "INSERT INTO api_keys (key_id, key_hash, name, org_id, scopes, expires_at, k8s_uid, managed_by)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'kubernetes') RETURNING id",
+            &[&key.key_id, &key.key_hash, &key.name, &key.org_id, &key.scopes, &key.expires_at, &key.uid],
+        )
+        .await?
+        .get(0))
+}
+
+/// Sets the scopes of an object's live keys; returns whether anything changed.
+pub async fn set_key_scopes(client: &impl GenericClient, uid: Uuid, scopes: &Value) -> Result<bool> {
+    Ok(client
+        .execute(
+            "UPDATE api_keys SET scopes = $2 WHERE k8s_uid = $1 AND revoked_at IS NULL AND scopes IS DISTINCT FROM $2",
+            &[&uid, scopes],
+        )
+        .await?
+        > 0)
+}
+
+/// Shortens a key's life to `until` (the end of a rotation overlap).
+pub async fn expire_key(client: &impl GenericClient, id: i64, until: OffsetDateTime) -> Result<bool> {
+    Ok(client
+        .execute(
+            "UPDATE api_keys SET expires_at = $2 WHERE id = $1 AND (expires_at IS NULL OR expires_at > $2)",
+            &[&id, &until],
+        )
+        .await?
+        > 0)
+}
+
+/// Revokes every key of an object except `keep`; returns how many were revoked.
+pub async fn revoke_keys(client: &impl GenericClient, uid: Uuid, keep: Option<i64>) -> Result<u64> {
+    Ok(client
+        .execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE k8s_uid = $1 AND revoked_at IS NULL AND id IS DISTINCT FROM $2",
+            &[&uid, &keep],
+        )
+        .await?)
+}

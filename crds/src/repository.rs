@@ -1,0 +1,139 @@
+//! `Repository`: a repository of an organization, its visibility, grants, immutable tags and
+//! retention settings.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::{LocalRef, ReclaimPolicy, Visibility};
+
+/// A repository: `<organization>/<name>` in the registry.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "aerugo.io",
+    version = "v1alpha1",
+    kind = "Repository",
+    namespaced,
+    status = "RepositoryStatus",
+    shortname = "aerepo",
+    category = "aerugo",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Org","type":"string","jsonPath":".spec.organizationRef.name"}"#,
+    printcolumn = r#"{"name":"Repository","type":"string","jsonPath":".status.fullName"}"#,
+    printcolumn = r#"{"name":"Tags","type":"integer","jsonPath":".status.tagCount"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositorySpec {
+    /// The Organization (same namespace) the repository belongs to. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("organizationRef is immutable"))]
+    pub organization_ref: LocalRef,
+    /// The path inside the organization (`team/app`; may contain `/`). Default: the object's
+    /// name. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*$"),
+        length(max = 200)
+    )]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("name is immutable"))]
+    pub name: Option<String>,
+    /// Private or Public. Default: the organization's `defaultVisibility`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Visibility>,
+    /// Access for users and API keys beyond their organization role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<Grant>,
+    /// Tag patterns (`v*`, `release-*`, `latest`) whose tags, once pushed, can never be moved
+    /// or deleted: a push that would move one is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub immutable_tags: Vec<String>,
+    /// Retention rules, stored for the garbage collector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<Retention>,
+    /// What happens to the repository's data when this object is deleted. Default Retain.
+    #[serde(default)]
+    pub reclaim_policy: ReclaimPolicy,
+}
+
+/// One grant: a user or an API key, and what it may do.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    /// A registry username.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// An ApiKey object (same namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_ref: Option<LocalRef>,
+    /// Pull, Push (includes Pull), Delete (includes Push) or Admin.
+    pub access: Access,
+}
+
+/// Grant levels.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Access {
+    /// Pull.
+    Pull,
+    /// Pull and push.
+    Push,
+    /// Pull, push and delete.
+    Delete,
+    /// Everything, including the repository's settings.
+    Admin,
+}
+
+impl Access {
+    /// The database spelling.
+    pub fn as_db(self) -> &'static str {
+        match self {
+            Access::Pull => "pull",
+            Access::Push => "push",
+            Access::Delete => "delete",
+            Access::Admin => "admin",
+        }
+    }
+}
+
+/// Which manifests the garbage collector keeps.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Retention {
+    /// Keep at least the newest N tags matching `tagPattern`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub keep_last: Option<u32>,
+    /// Keep tags pushed within this duration (`30d`, `72h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h|d)$"))]
+    pub keep_within: Option<String>,
+    /// The tags the rule applies to (glob). Default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_pattern: Option<String>,
+}
+
+/// What the operator reports.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryStatus {
+    /// The repository's id in the registry database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_id: Option<i64>,
+    /// `<organization>/<name>`: what to push to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_name: Option<String>,
+    /// Tags in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_count: Option<i64>,
+    /// Bytes of the blobs the repository references.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+    /// When something was last pushed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_push_at: Option<String>,
+    /// The generation the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, and what is wrong when it is not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,17 @@
+//! The Aerugo operator: kube-runtime controllers that reconcile `Organization`, `Repository`
+//! and `ApiKey` objects into the registry's Postgres rows and Kubernetes Secrets — in a
+//! cluster ([`controller::run`]) or from a directory of YAML files ([`files::apply`]). Each kind
+//! module holds pure `validate`/`desired` steps and the `sync`/`cleanup` that write; the
+//! driver only sequences them. All SQL is in `aerugo-db`.
+
+pub mod context;
+pub mod controller;
+pub mod error;
+pub mod files;
+pub mod key;
+pub mod leader;
+pub mod org;
+pub mod repo;
+pub mod world;
+
+pub use error::{Error, Result};

@@ -1,0 +1,208 @@
+//! Organization → an `organizations` row (keyed by the object's UID) and its members.
+//! `validate` and `desired` are pure; `sync` writes; `cleanup` applies the reclaim policy.
+
+use aerugo_crds::organization::{OrganizationStatus, Usage, quantity_bytes};
+use aerugo_crds::{Organization, ReclaimPolicy};
+use aerugo_db::declared::{self, Claim, DeclaredOrg};
+use kube::ResourceExt as _;
+use uuid::Uuid;
+
+use crate::context::Context;
+use crate::controller::{Readiness, Synced};
+use crate::error::{Error, Result};
+
+/// An Organization that can be reconciled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidOrg {
+    /// The object's UID.
+    pub uid: Uuid,
+    /// Its namespace.
+    pub namespace: String,
+    /// Registry-wide name.
+    pub name: String,
+    /// Display name.
+    pub display_name: Option<String>,
+    /// Quota in bytes.
+    pub quota_bytes: Option<i64>,
+    /// Dedicated bucket.
+    pub bucket: Option<String>,
+    /// `autoCreateRepositories`.
+    pub auto_create_repos: bool,
+    /// `private` / `public`.
+    pub default_visibility: &'static str,
+    /// (username, role) pairs.
+    pub members: Vec<(String, &'static str)>,
+    /// Delete data with the object.
+    pub delete_data: bool,
+}
+
+/// The object's UID (file mode derives one from the kind, namespace and name).
+pub fn uid_of(meta_uid: Option<&str>) -> Result<Uuid> {
+    meta_uid
+        .and_then(|u| Uuid::parse_str(u).ok())
+        .ok_or_else(|| Error::InvalidSpec("the object has no metadata.uid".into()))
+}
+
+/// Whether `name` is usable as a path component of repository names (the OCI grammar:
+/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`).
+pub fn is_path_component(name: &str) -> bool {
+    static COMPONENT: std::sync::LazyLock<Option<regex::Regex>> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"^[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*$").ok());
+    COMPONENT.as_ref().is_some_and(|re| re.is_match(name))
+}
+
+/// Checks an Organization: a name usable as the first segment of repository names, distinct
+/// members, a parseable quota.
+pub fn validate(org: &Organization) -> Result<ValidOrg> {
+    let name = org.name_any();
+    if !is_path_component(&name) || name.len() > 64 {
+        return Err(Error::InvalidSpec(format!(
+            "the name {name:?} cannot be the first segment of repository names: lowercase letters and digits, separated by '.', '_' or '-', at most 64 characters"
+        )));
+    }
+    let mut members: Vec<(String, &'static str)> = Vec::new();
+    for m in &org.spec.members {
+        if members.iter().any(|(u, _)| *u == m.user) {
+            return Err(Error::InvalidSpec(format!("member {:?} is listed twice", m.user)));
+        }
+        members.push((m.user.clone(), m.role.as_db()));
+    }
+    let quota_bytes = match &org.spec.quota {
+        Some(q) => Some(
+            quantity_bytes(&q.storage)
+                .ok_or_else(|| Error::InvalidSpec(format!("quota.storage {:?} is not a quantity", q.storage)))?,
+        ),
+        None => None,
+    };
+    Ok(ValidOrg {
+        uid: uid_of(org.metadata.uid.as_deref())?,
+        namespace: org.namespace().unwrap_or_default(),
+        name,
+        display_name: org.spec.display_name.clone(),
+        quota_bytes,
+        bucket: org.spec.storage.as_ref().map(|s| s.bucket.clone()),
+        auto_create_repos: org.spec.auto_create_repositories,
+        default_visibility: org.spec.default_visibility.as_db(),
+        members,
+        delete_data: org.spec.reclaim_policy == ReclaimPolicy::Delete,
+    })
+}
+
+/// The row an Organization declares.
+pub fn desired(org: &ValidOrg) -> DeclaredOrg<'_> {
+    DeclaredOrg {
+        uid: org.uid,
+        namespace: &org.namespace,
+        name: &org.name,
+        display_name: org.display_name.as_deref(),
+        quota_bytes: org.quota_bytes,
+        bucket: org.bucket.as_deref(),
+        auto_create_repos: org.auto_create_repos,
+        default_visibility: org.default_visibility,
+    }
+}
+
+/// Writes the row and members; reports the id, usage and readiness.
+pub async fn sync(ctx: &Context, org: &Organization) -> Result<Synced<OrganizationStatus>> {
+    let valid = validate(org)?;
+    let mut client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
+    let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+    let id = match declared::sync_org(&tx, &desired(&valid)).await? {
+        Claim::Owned { id, .. } => id,
+        Claim::Taken { namespace } => {
+            let holder = match namespace {
+                Some(ns) => format!("an Organization in namespace {ns:?}"),
+                None => "an organization created through the management API".to_owned(),
+            };
+            return Ok(Synced {
+                status: OrganizationStatus::default(),
+                readiness: Readiness::not_ready("NameTaken", format!("the name {:?} is held by {holder}", valid.name)),
+                requeue: None,
+            });
+        }
+    };
+    let members: Vec<(&str, &str)> = valid.members.iter().map(|(u, r)| (u.as_str(), *r)).collect();
+    let (unknown, _) = declared::sync_members(&tx, id, &members).await?;
+    let (stored_bytes, repositories) = declared::org_usage(&tx, id).await?;
+    tx.commit().await.map_err(aerugo_db::Error::from)?;
+    let readiness = if unknown.is_empty() {
+        Readiness::ready()
+    } else {
+        Readiness::not_ready("UnknownUser", format!("no registry user named {}", unknown.join(", ")))
+    };
+    Ok(Synced {
+        status: OrganizationStatus {
+            org_id: Some(id),
+            usage: Some(Usage { stored_bytes, repositories }),
+            ..Default::default()
+        },
+        readiness,
+        requeue: None,
+    })
+}
+
+/// The reclaim policy: keep the data (orphaned, adoptable) or delete it.
+pub async fn cleanup(ctx: &Context, org: &Organization) -> Result<()> {
+    let uid = uid_of(org.metadata.uid.as_deref())?;
+    let delete = org.spec.reclaim_policy == ReclaimPolicy::Delete;
+    let mut client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
+    let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+    let released = declared::release_org(&tx, uid, delete).await?;
+    tx.commit().await.map_err(aerugo_db::Error::from)?;
+    tracing::info!(org = %org.name_any(), delete, rows = released.rows, unreferenced_blobs = released.unreferenced_blobs.len(), "organization released");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aerugo_crds::{Member, OrganizationSpec, Quota, Role};
+
+    fn org(name: &str, spec: OrganizationSpec) -> Organization {
+        let mut o = Organization::new(name, spec);
+        o.metadata.namespace = Some("team".into());
+        o.metadata.uid = Some("6f1c1d2e-0000-4000-8000-000000000001".into());
+        o
+    }
+
+    #[test]
+    fn validates_names_members_and_quota() {
+        let ok = validate(&org(
+            "acme",
+            OrganizationSpec {
+                members: vec![Member { user: "ada".into(), role: Role::Owner }],
+                quota: Some(Quota { storage: "1Gi".into() }),
+                ..Default::default()
+            },
+        ))
+        .expect("valid");
+        assert_eq!(ok.quota_bytes, Some(1 << 30));
+        assert_eq!(ok.members, [("ada".to_owned(), "owner")]);
+        assert_eq!(desired(&ok).default_visibility, "private");
+
+        for bad in ["Acme", "-acme", "acme-", "a..b", "a/b"] {
+            assert!(matches!(validate(&org(bad, OrganizationSpec::default())), Err(Error::InvalidSpec(_))), "{bad}");
+        }
+        let twice = OrganizationSpec {
+            members: vec![
+                Member { user: "ada".into(), role: Role::Owner },
+                Member { user: "ada".into(), role: Role::Viewer },
+            ],
+            ..Default::default()
+        };
+        assert!(matches!(validate(&org("acme", twice)), Err(Error::InvalidSpec(m)) if m.contains("twice")));
+        let mut no_uid = org("acme", OrganizationSpec::default());
+        no_uid.metadata.uid = None;
+        assert!(validate(&no_uid).is_err());
+    }
+
+    #[test]
+    fn path_components_follow_the_oci_grammar() {
+        for good in ["a", "acme", "a.b", "a_b", "a__b", "a-b", "a--b", "0x"] {
+            assert!(is_path_component(good), "{good}");
+        }
+        for bad in ["", "A", "a.", ".a", "a___b", "a_", "a b", "a/b"] {
+            assert!(!is_path_component(bad), "{bad}");
+        }
+    }
+}
