@@ -1,0 +1,366 @@
+//! The operator's controllers, run as `main` runs them (`controller::run`), against the
+//! Kubernetes API emulator and a fresh real Postgres database per test; and file mode on the
+//! `examples/` directory.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail by panicking
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aerugo_crds::{ApiKey, Organization, Repository};
+use aerugo_kube_emulator::{Emulator, Fault, Verb};
+use aerugo_operator::context::{Context, Metrics, Settings};
+use aerugo_operator::controller::{self, ClusterContext};
+use aerugo_operator::world::World;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Harness {
+    emulator: Emulator,
+    db: aerugo_db::Pool,
+    client: kube::Client,
+}
+
+async fn start() -> Harness {
+    let url = aerugo_db::testing::fresh_database().await.expect("database");
+    let db = aerugo_db::pool(&url, 4).expect("pool");
+    let client_db = db.get().await.expect("connection");
+    for user in ["ada", "bob"] {
+        aerugo_db::tenancy::create_user(&client_db, user, None, None, false, "api").await.expect("user");
+    }
+    drop(client_db);
+    let emulator = Emulator::new();
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+    assert_eq!(emulator.install_crds_from(&crds).expect("CRDs"), 4);
+    for ns in ["team", "other"] {
+        emulator
+            .seed(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }))
+            .expect("namespace");
+    }
+    let client = emulator.client();
+    let cluster = Arc::new(ClusterContext {
+        recorder: kube::runtime::events::Recorder::new(client.clone(), "aerugo-operator".into()),
+        ctx: Context {
+            db: db.clone(),
+            world: World::Cluster(client.clone()),
+            settings: Settings { registry_host: "registry.test:5000".into(), resync: Duration::from_secs(2) },
+            metrics: Metrics::new(&prometheus::Registry::new()).expect("metrics"),
+            failures: Mutex::default(),
+        },
+        client: client.clone(),
+    });
+    tokio::spawn(controller::run(cluster));
+    Harness { emulator, db, client }
+}
+
+async fn create(h: &Harness, namespace: &str, object: Value) {
+    let kind = object["kind"].as_str().unwrap().to_owned();
+    let plural = match kind.as_str() {
+        "Organization" => "organizations",
+        "Repository" => "repositories",
+        _ => "apikeys",
+    };
+    let gvk = kube::api::GroupVersionKind::gvk("aerugo.io", "v1alpha1", &kind);
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(h.client.clone(), namespace, &kube::api::ApiResource::from_gvk_with_plural(&gvk, plural));
+    api.create(&PostParams::default(), &serde_json::from_value(object).unwrap()).await.expect("create");
+}
+
+fn ready_reason<K>(obj: Option<&K>) -> Option<(String, String)>
+where
+    K: serde::Serialize,
+{
+    let value = serde_json::to_value(obj?).ok()?;
+    let conditions = value["status"]["conditions"].as_array()?;
+    let ready = conditions.iter().find(|c| c["type"] == "Ready")?;
+    Some((ready["status"].as_str()?.to_owned(), ready["reason"].as_str()?.to_owned()))
+}
+
+async fn wait_reason<K>(h: &Harness, namespace: &str, name: &str, status: &str, reason: &str) -> K
+where
+    K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned + serde::Serialize,
+{
+    h.emulator
+        .wait_for::<K, _>(Some(namespace), name, WAIT, |o| {
+            ready_reason(o) == Some((status.to_owned(), reason.to_owned()))
+        })
+        .await
+        .unwrap_or_else(|_| {
+            let now = h.emulator.get::<K>(Some(namespace), name);
+            panic!("{namespace}/{name} never became Ready={status} ({reason}); it is {:?}", ready_reason(now.as_ref()))
+        })
+        .expect("exists")
+}
+
+fn org(name: &str, extra: Value) -> Value {
+    let mut spec = json!({ "members": [{ "user": "ada", "role": "Owner" }] });
+    json_patch::merge(&mut spec, &extra);
+    json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": "Organization", "metadata": { "name": name }, "spec": spec })
+}
+
+fn repo(name: &str, spec: Value) -> Value {
+    json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": "Repository", "metadata": { "name": name }, "spec": spec })
+}
+
+fn key(name: &str, spec: Value) -> Value {
+    json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": "ApiKey", "metadata": { "name": name }, "spec": spec })
+}
+
+#[tokio::test]
+async fn objects_become_rows_secrets_and_status() {
+    let h = start().await;
+    create(&h, "team", org("acme", json!({ "quota": { "storage": "1Gi" } }))).await;
+    create(&h, "team", key("ci", json!({ "organizationRef": { "name": "acme" }, "scopes": [{ "repositories": "**", "actions": ["Pull", "Push"] }] }))).await;
+    create(
+        &h,
+        "team",
+        repo("app", json!({ "organizationRef": { "name": "acme" }, "name": "team/app", "immutableTags": ["v*"], "grants": [{ "user": "bob", "access": "Push" }, { "apiKeyRef": { "name": "ci" }, "access": "Pull" }] })),
+    )
+    .await;
+
+    let organization: Organization = wait_reason(&h, "team", "acme", "True", "Reconciled").await;
+    let status = organization.status.expect("status");
+    let org_id = status.org_id.expect("orgId");
+    assert_eq!(status.observed_generation, Some(1));
+    let repository: Repository = wait_reason(&h, "team", "app", "True", "Reconciled").await;
+    assert_eq!(repository.status.as_ref().and_then(|s| s.full_name.as_deref()), Some("acme/team/app"));
+    let api_key: ApiKey = wait_reason(&h, "team", "ci", "True", "Reconciled").await;
+    let key_id = api_key.status.as_ref().and_then(|s| s.key_id.clone()).expect("keyId");
+
+    let db = h.db.get().await.expect("db");
+    let row = db
+        .query_one(
+            "SELECT name, managed_by, quota_bytes, k8s_namespace, k8s_uid::text FROM organizations WHERE id = $1",
+            &[&org_id],
+        )
+        .await
+        .expect("org row");
+    assert_eq!(row.get::<_, String>(0), "acme");
+    assert_eq!(row.get::<_, String>(1), "kubernetes");
+    assert_eq!(row.get::<_, Option<i64>>(2), Some(1 << 30));
+    assert_eq!(row.get::<_, Option<String>>(4), organization.metadata.uid);
+    let members: i64 = db
+        .query_one("SELECT COUNT(*) FROM org_members WHERE org_id = $1 AND role = 'owner'", &[&org_id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(members, 1);
+    let repo_row = db
+        .query_one("SELECT immutable_tag_patterns, managed_by FROM repositories WHERE name = 'acme/team/app'", &[])
+        .await
+        .expect("repo row");
+    assert_eq!(repo_row.get::<_, Vec<String>>(0), ["v*"]);
+    let grants: Vec<(String, String)> = db
+        .query("SELECT subject_kind, access FROM repository_grants g JOIN repositories r ON r.id = g.repository_id WHERE r.name = 'acme/team/app' ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(grants, [("api_key".to_owned(), "pull".to_owned()), ("user".to_owned(), "push".to_owned())]);
+
+    // The Secret is a ready imagePullSecrets entry holding a key whose hash (only) is stored.
+    let secret = h.emulator.get::<Secret>(Some("team"), "ci").expect("secret");
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+    assert_eq!(secret.metadata.owner_references.as_ref().expect("owner")[0].name, "ci");
+    let token = aerugo_operator::key::token_in(&secret).expect("token");
+    let presented = aerugo_auth::apikey::parse(&token).expect("an API key");
+    assert_eq!(presented.key_id, key_id);
+    let stored: Vec<u8> =
+        db.query_one("SELECT key_hash FROM api_keys WHERE key_id = $1", &[&key_id]).await.unwrap().get(0);
+    assert!(presented.matches(&stored));
+    let config: Value = serde_json::from_slice(&secret.data.as_ref().unwrap()[".dockerconfigjson"].0).unwrap();
+    assert_eq!(config["auths"]["registry.test:5000"]["username"], "acme");
+
+    // Drift: a member removed behind the operator's back comes back on the next resync.
+    db.execute("DELETE FROM org_members WHERE org_id = $1", &[&org_id]).await.unwrap();
+    let mut restored = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let n: i64 =
+            db.query_one("SELECT COUNT(*) FROM org_members WHERE org_id = $1", &[&org_id]).await.unwrap().get(0);
+        if n == 1 {
+            restored = true;
+            break;
+        }
+    }
+    assert!(restored, "drift corrected on resync");
+
+    // A deleted Secret is rewritten with a new key; the old one is revoked.
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), "team");
+    secrets.delete("ci", &DeleteParams::default()).await.expect("delete secret");
+    let rewritten = h
+        .emulator
+        .wait_for::<Secret, _>(Some("team"), "ci", WAIT, |s| {
+            s.and_then(aerugo_operator::key::token_in).is_some_and(|t| t != token)
+        })
+        .await
+        .expect("rewritten")
+        .expect("exists");
+    let revoked: bool =
+        db.query_one("SELECT revoked_at IS NOT NULL FROM api_keys WHERE key_id = $1", &[&key_id]).await.unwrap().get(0);
+    assert!(revoked, "the key the Secret no longer holds is revoked");
+
+    // Deleting the ApiKey revokes its key at once and removes the Secret.
+    let new_key_id = aerugo_auth::apikey::parse(&aerugo_operator::key::token_in(&rewritten).unwrap()).unwrap().key_id;
+    let keys: Api<ApiKey> = Api::namespaced(h.client.clone(), "team");
+    keys.delete("ci", &DeleteParams::default()).await.expect("delete key");
+    h.emulator.wait_for::<ApiKey, _>(Some("team"), "ci", WAIT, |k| k.is_none()).await.expect("finalized");
+    let revoked: bool = db
+        .query_one("SELECT revoked_at IS NOT NULL FROM api_keys WHERE key_id = $1", &[&new_key_id])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(revoked);
+    assert!(h.emulator.get::<Secret>(Some("team"), "ci").is_none());
+
+    // Retain: deleting the Organization keeps its row, orphaned; a new object adopts it.
+    let repos: Api<Repository> = Api::namespaced(h.client.clone(), "team");
+    repos.delete("app", &DeleteParams::default()).await.unwrap();
+    h.emulator.wait_for::<Repository, _>(Some("team"), "app", WAIT, |r| r.is_none()).await.expect("repo finalized");
+    let orgs: Api<Organization> = Api::namespaced(h.client.clone(), "team");
+    orgs.delete("acme", &DeleteParams::default()).await.unwrap();
+    h.emulator.wait_for::<Organization, _>(Some("team"), "acme", WAIT, |o| o.is_none()).await.expect("org finalized");
+    let orphaned: bool = db
+        .query_one("SELECT orphaned_at IS NOT NULL AND k8s_uid IS NULL FROM organizations WHERE id = $1", &[&org_id])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(orphaned, "Retain keeps the row, orphaned");
+    create(&h, "team", org("acme", json!({}))).await;
+    let adopted: Organization = wait_reason(&h, "team", "acme", "True", "Reconciled").await;
+    assert_eq!(
+        adopted.status.and_then(|s| s.org_id),
+        Some(org_id),
+        "the same namespace adopts its orphaned organization"
+    );
+}
+
+#[tokio::test]
+async fn the_namespace_is_the_tenant_boundary() {
+    let h = start().await;
+    create(&h, "team", org("acme", json!({}))).await;
+    wait_reason::<Organization>(&h, "team", "acme", "True", "Reconciled").await;
+    // Same name in another namespace: refused, the first owner keeps it.
+    create(&h, "other", org("acme", json!({}))).await;
+    let taken: Organization = wait_reason(&h, "other", "acme", "False", "NameTaken").await;
+    let message = taken.status.unwrap().conditions[0].message.clone();
+    assert!(message.contains("\"team\""), "{message}");
+    // A reference resolves in the object's own namespace only: `acme` here is the refused one,
+    // which owns no row; `umbrella` exists only in `team`.
+    create(&h, "other", repo("sneaky", json!({ "organizationRef": { "name": "acme" }, "name": "sneaky" }))).await;
+    wait_reason::<Repository>(&h, "other", "sneaky", "False", "OrganizationNotReady").await;
+    create(&h, "team", org("umbrella", json!({}))).await;
+    wait_reason::<Organization>(&h, "team", "umbrella", "True", "Reconciled").await;
+    create(&h, "other", repo("reach", json!({ "organizationRef": { "name": "umbrella" } }))).await;
+    wait_reason::<Repository>(&h, "other", "reach", "False", "OrganizationNotFound").await;
+    let db = h.db.get().await.unwrap();
+    let n: i64 = db.query_one("SELECT COUNT(*) FROM repositories", &[]).await.unwrap().get(0);
+    assert_eq!(n, 0, "nothing was written for the cross-namespace reference");
+    // An unknown member is reported, the rest applied.
+    create(
+        &h,
+        "other",
+        org(
+            "initech",
+            json!({ "members": [{ "user": "ada", "role": "Owner" }, { "user": "nobody", "role": "Viewer" }] }),
+        ),
+    )
+    .await;
+    let partial: Organization = wait_reason(&h, "other", "initech", "False", "UnknownUser").await;
+    assert!(partial.status.unwrap().conditions[0].message.contains("nobody"));
+}
+
+#[tokio::test]
+async fn invalid_specs_and_faults_are_reported() {
+    let h = start().await;
+    create(&h, "team", org("acme", json!({}))).await;
+    wait_reason::<Organization>(&h, "team", "acme", "True", "Reconciled").await;
+    // An invalid spec: Ready=False InvalidSpec, and an Event.
+    create(
+        &h,
+        "team",
+        key(
+            "bad",
+            json!({ "organizationRef": { "name": "acme" }, "scopes": [{ "repositories": "[", "actions": ["Pull"] }] }),
+        ),
+    )
+    .await;
+    wait_reason::<ApiKey>(&h, "team", "bad", "False", "InvalidSpec").await;
+    let events =
+        h.emulator.requests().into_iter().filter(|r| r.group == "events.k8s.io" && r.verb == Verb::Create).count();
+    assert!(events >= 1, "an Event reports the invalid spec");
+    // A fix makes it Ready.
+    let keys: Api<ApiKey> = Api::namespaced(h.client.clone(), "team");
+    keys.patch(
+        "bad",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "scopes": [{ "repositories": "*", "actions": ["Pull"] }] } })),
+    )
+    .await
+    .unwrap();
+    wait_reason::<ApiKey>(&h, "team", "bad", "True", "Reconciled").await;
+
+    // The API failing on status writes: retried until it works, nothing half-applied.
+    h.emulator.fail_next(Fault::new(500).verb(Verb::Patch).resource("repositories").status(true).times(2));
+    h.emulator.fail_next(Fault::new(409).verb(Verb::Patch).resource("repositories").status(false).times(1));
+    create(&h, "team", repo("app", json!({ "organizationRef": { "name": "acme" } }))).await;
+    wait_reason::<Repository>(&h, "team", "app", "True", "Reconciled").await;
+    assert!(h.emulator.requests().iter().any(|r| r.resource == "repositories" && r.code == 500));
+    let db = h.db.get().await.unwrap();
+    let n: i64 = db.query_one("SELECT COUNT(*) FROM repositories WHERE name = 'acme/app'", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn file_mode_reconciles_the_examples_without_a_cluster() {
+    let url = aerugo_db::testing::fresh_database().await.expect("database");
+    let db = aerugo_db::pool(&url, 4).expect("pool");
+    aerugo_db::tenancy::create_user(&db.get().await.unwrap(), "admin", None, None, true, "system").await.unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let settings = || Settings { registry_host: "127.0.0.1:5000".into(), resync: Duration::from_secs(300) };
+    let outcomes = aerugo_operator::files::apply(db.clone(), &examples, secrets.path().to_owned(), settings())
+        .await
+        .expect("apply");
+    assert!(outcomes.iter().all(|o| o.ready), "{outcomes:#?}");
+    assert_eq!(outcomes.len(), 6);
+    let pull = std::fs::read_to_string(secrets.path().join("team/acme-pull.yaml")).expect("pull secret");
+    let push = std::fs::read_to_string(secrets.path().join("team/ci-push.yaml")).expect("push secret");
+    let pull: Secret = serde_saphyr::from_str(&pull).unwrap();
+    let push: Secret = serde_saphyr::from_str(&push).unwrap();
+    assert_eq!(pull.type_.as_deref(), Some("kubernetes.io/dockerconfigjson"));
+    assert_eq!(push.type_.as_deref(), Some("Opaque"));
+    let token = aerugo_operator::key::token_in(&push).unwrap();
+
+    // A second run is a no-op: same keys, no new rows, no writes.
+    let conn = db.get().await.unwrap();
+    let counts = "SELECT (SELECT COUNT(*) FROM api_keys), (SELECT COUNT(*) FROM repositories), (SELECT COUNT(*) FROM repository_grants)";
+    let before: (i64, i64, i64) = conn.query_one(counts, &[]).await.map(|r| (r.get(0), r.get(1), r.get(2))).unwrap();
+    // Every row version (an insert, update or delete changes the set), per table.
+    let versions = |t: &str| {
+        format!("SELECT COALESCE(string_agg(ctid::text || ':' || xmin::text, ',' ORDER BY ctid), '') FROM {t}")
+    };
+    let tables = ["organizations", "repositories", "api_keys", "org_members", "repository_grants"];
+    let mut written_before = Vec::new();
+    for t in tables {
+        written_before.push(conn.query_one(&versions(t), &[]).await.unwrap().get::<_, String>(0));
+    }
+    let again = aerugo_operator::files::apply(db.clone(), &examples, secrets.path().to_owned(), settings())
+        .await
+        .expect("again");
+    assert!(again.iter().all(|o| o.ready));
+    let after: (i64, i64, i64) = conn.query_one(counts, &[]).await.map(|r| (r.get(0), r.get(1), r.get(2))).unwrap();
+    assert_eq!(before, after);
+    let push_again: Secret =
+        serde_saphyr::from_str(&std::fs::read_to_string(secrets.path().join("team/ci-push.yaml")).unwrap()).unwrap();
+    assert_eq!(aerugo_operator::key::token_in(&push_again).unwrap(), token, "the key is generated once");
+    for (t, before) in tables.iter().zip(written_before) {
+        let now: String = conn.query_one(&versions(t), &[]).await.unwrap().get(0);
+        assert_eq!(now, before, "a second run wrote to {t}");
+    }
+}
