@@ -136,6 +136,10 @@ cmd_run() {
   "$bin" bootstrap --admin-username admin --admin-password-file "$password_file" --org library
   export AERUGO_TOKEN_KEY_FILE=${AERUGO_TOKEN_KEY_FILE:-$STATE/token.key}
   [ -s "$AERUGO_TOKEN_KEY_FILE" ] || "$bin" keygen --out "$AERUGO_TOKEN_KEY_FILE"
+  # The tenants of examples/ (organization acme in namespace team, its repositories and keys),
+  # reconciled in file mode: ApiKey Secrets land in .aerugo/secrets/<namespace>/<name>.yaml.
+  log "applying examples/ (aerugo-operator apply, file mode)"
+  AERUGO_REGISTRY_HOST=$AERUGO_LISTEN "$CARGO_TARGET_DIR/release/aerugo-operator" apply -f "$ROOT/examples" --secrets-dir "$STATE/secrets"
   local password
   password=$(cat "$password_file")
   log "registry at http://$AERUGO_LISTEN (storage: $AERUGO_STORAGE) — Ctrl-C to stop"
@@ -143,6 +147,7 @@ cmd_run() {
   log "log in:  skopeo login --tls-verify=false -u admin -p '$password' $AERUGO_LISTEN"
   log "   or:   docker login -u admin -p '$password' $AERUGO_LISTEN   (add it to insecure-registries)"
   log "push to: $AERUGO_LISTEN/library/<name>:<tag>   API docs: http://$AERUGO_LISTEN/api/docs"
+  log "keys of examples/: $STATE/secrets/team/ci-push.yaml (push), $STATE/secrets/team/acme-pull.yaml (pull)"
   "$bin" serve &
   PIDS+=($!)
   wait "${PIDS[@]}"
@@ -165,6 +170,7 @@ cmd_test() {
   cargo clippy --workspace --all-targets -- -D warnings
   build
   export AERUGO_DATAPLANE_BIN=$CARGO_TARGET_DIR/debug/aerugo-dataplane
+  export AERUGO_OPERATOR_BIN=$CARGO_TARGET_DIR/debug/aerugo-operator
   log "cargo nextest"
   cargo nextest run --workspace --no-fail-fast
 }

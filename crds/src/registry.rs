@@ -37,7 +37,8 @@ pub struct RegistrySpec {
     pub storage: RegistryStorage,
     /// A Secret (same namespace) whose `url` key is the Postgres URL.
     pub database_secret: SecretKeyRef,
-    /// A Secret whose `url` key is the Redis URL. Default: no Redis.
+    /// A Secret whose `url` key is the Redis URL, for the data plane's cache (used once the
+    /// data plane has a Redis cache). Default: no Redis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_secret: Option<SecretKeyRef>,
     /// The Secret holding the token signing key; generated when absent. Default
@@ -115,7 +116,7 @@ pub struct SecretKeyRef {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
     /// ClusterIP, NodePort or LoadBalancer. Default ClusterIP.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
     /// The port. Default 5000.
     #[serde(default, skip_serializing_if = "Option::is_none")]

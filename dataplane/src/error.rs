@@ -72,6 +72,9 @@ pub enum RegistryError {
     /// `DENIED`: the operation is refused (e.g. deleting content still referenced).
     #[error("requested access to the resource is denied")]
     Denied(String),
+    /// `DENIED` with 409: the push or delete would move or remove an immutable tag.
+    #[error("the tag is immutable")]
+    ImmutableTag(String),
     /// `UNSUPPORTED`.
     #[error("the operation is unsupported")]
     Unsupported(String),
@@ -131,7 +134,7 @@ impl RegistryError {
             Self::TagInvalid(_) => "TAG_INVALID",
             Self::SizeInvalid { .. } => "SIZE_INVALID",
             Self::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
-            Self::Denied(_) | Self::InsufficientScope { .. } => "DENIED",
+            Self::Denied(_) | Self::ImmutableTag(_) | Self::InsufficientScope { .. } => "DENIED",
             Self::Unsupported(_) => "UNSUPPORTED",
             Self::Unauthorized { .. } => "UNAUTHORIZED",
             Self::TooManyRequests { .. } => "TOOMANYREQUESTS",
@@ -155,6 +158,7 @@ impl RegistryError {
             | Self::TagInvalid(d)
             | Self::PaginationInvalid(d)
             | Self::Denied(d)
+            | Self::ImmutableTag(d)
             | Self::Unsupported(d)
             | Self::InvalidRequest(d) => json!(d),
             Self::Unauthorized { detail, .. } => json!(detail),
@@ -179,6 +183,7 @@ impl ResponseError for RegistryError {
             Self::RangeMismatch { .. } | Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::SizeInvalid { over_limit: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Denied(_) | Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::ImmutableTag(_) => StatusCode::CONFLICT,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,

@@ -52,6 +52,14 @@ pub fn dataplane_bin() -> PathBuf {
     profile_dir.join("aerugo-dataplane")
 }
 
+/// The `aerugo-operator` binary: `AERUGO_OPERATOR_BIN`, else next to the data plane's.
+pub fn operator_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("AERUGO_OPERATOR_BIN") {
+        return bin.into();
+    }
+    dataplane_bin().with_file_name("aerugo-operator")
+}
+
 /// A fresh, migrated database for one test.
 pub async fn fresh_database() -> String {
     aerugo_db::testing::fresh_database().await.unwrap_or_else(|e| panic!("fresh database (is Postgres running?): {e}"))

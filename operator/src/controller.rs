@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aerugo_crds::common::set_condition;
-use aerugo_crds::{ApiKey, FINALIZER, Organization, READY, Repository};
+use aerugo_crds::{ApiKey, FINALIZER, Organization, READY, Registry, Repository};
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::world::MANAGER;
-use crate::{key, org, repo};
+use crate::{key, org, registry, repo};
 
 /// Whether an object is Ready, and why not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +115,7 @@ macro_rules! kind {
 kind!(Organization, aerugo_crds::OrganizationStatus, "organization", org);
 kind!(Repository, aerugo_crds::RepositoryStatus, "repository", repo);
 kind!(ApiKey, aerugo_crds::ApiKeyStatus, "apikey", key);
+kind!(Registry, aerugo_crds::RegistryStatus, "registry", registry);
 
 /// The status an object should have after a sync (or a failed one): the sync's fields (or the
 /// stored ones on failure) with the `Ready` condition set.
@@ -229,8 +230,9 @@ fn controller<K: Kind>(cluster: Arc<ClusterContext>) -> impl Future<Output = ()>
     )
 }
 
-/// Runs the Organization, Repository and ApiKey controllers until they stop. ApiKeys also
-/// watch the Secrets they own, so a deleted or edited Secret is rewritten.
+/// Runs the Registry, Organization, Repository and ApiKey controllers until they stop. ApiKeys
+/// also watch the Secrets they own, so a deleted or edited Secret is rewritten; Registries
+/// watch their Deployment and migration Jobs.
 pub async fn run(cluster: Arc<ClusterContext>) {
     let keys = {
         let cluster = cluster.clone();
@@ -241,5 +243,14 @@ pub async fn run(cluster: Arc<ClusterContext>) {
             .run(reconcile::<ApiKey>, error_policy::<ApiKey>, cluster)
             .for_each(|_| async {})
     };
-    tokio::join!(controller::<Organization>(cluster.clone()), controller::<Repository>(cluster.clone()), keys);
+    let registries = {
+        let cluster = cluster.clone();
+        let owned = || watcher::Config::default().labels("app.kubernetes.io/managed-by=aerugo-operator");
+        Controller::new(Api::<Registry>::all(cluster.client.clone()), watcher::Config::default())
+            .owns(Api::<k8s_openapi::api::apps::v1::Deployment>::all(cluster.client.clone()), owned())
+            .owns(Api::<k8s_openapi::api::batch::v1::Job>::all(cluster.client.clone()), owned())
+            .run(reconcile::<Registry>, error_policy::<Registry>, cluster)
+            .for_each(|_| async {})
+    };
+    tokio::join!(controller::<Organization>(cluster.clone()), controller::<Repository>(cluster.clone()), keys, registries);
 }

@@ -1,5 +1,6 @@
-//! The Aerugo operator: kube-runtime controllers that reconcile `Organization`, `Repository`
-//! and `ApiKey` objects into the registry's Postgres rows and Kubernetes Secrets — in a
+//! The Aerugo operator: kube-runtime controllers that reconcile `Registry` objects into
+//! data-plane Deployments and `Organization`, `Repository` and `ApiKey` objects into the
+//! registry's Postgres rows and Kubernetes Secrets — in a
 //! cluster ([`controller::run`]) or from a directory of YAML files ([`files::apply`]). Each kind
 //! module holds pure `validate`/`desired` steps and the `sync`/`cleanup` that write; the
 //! driver only sequences them. All SQL is in `aerugo-db`.
@@ -11,6 +12,7 @@ pub mod files;
 pub mod key;
 pub mod leader;
 pub mod org;
+pub mod registry;
 pub mod repo;
 pub mod world;
 

@@ -364,3 +364,148 @@ async fn file_mode_reconciles_the_examples_without_a_cluster() {
         assert_eq!(now, before, "a second run wrote to {t}");
     }
 }
+
+#[tokio::test]
+async fn a_registry_becomes_a_data_plane_deployment() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::{ConfigMap, Service};
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+    let h = start().await;
+    for (name, data) in [("db", json!({ "url": "postgres://db/aerugo" })), ("s3", json!({ "accessKeyId": "id", "secretAccessKey": "secret" }))] {
+        h.emulator
+            .seed(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name, "namespace": "team" }, "stringData": data }))
+            .expect("secret");
+    }
+    let registry = json!({
+        "apiVersion": "aerugo.io/v1alpha1", "kind": "Registry", "metadata": { "name": "main" },
+        "spec": {
+            "replicas": 2, "image": "aerugo/dataplane:1", "host": "registry.example.com",
+            "storage": { "endpoint": "http://s3.example:3900", "bucket": "blobs", "credentialsSecret": "s3" },
+            "databaseSecret": { "name": "db" },
+        },
+    });
+    let gvk = kube::api::GroupVersionKind::gvk("aerugo.io", "v1alpha1", "Registry");
+    let api: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(h.client.clone(), "team", &kube::api::ApiResource::from_gvk_with_plural(&gvk, "registries"));
+    api.create(&PostParams::default(), &serde_json::from_value(registry).unwrap()).await.expect("create");
+    wait_reason::<aerugo_crds::Registry>(&h, "team", "main", "False", "MigrationPending").await;
+
+    let get = |name: &str| h.emulator.get::<Deployment>(Some("team"), name);
+    let deployment = get("main").expect("deployment");
+    assert_eq!(deployment.spec.replicas, Some(2));
+    assert_eq!(deployment.metadata.owner_references.as_ref().expect("owned")[0].kind, "Registry");
+    assert!(h.emulator.get::<Service>(Some("team"), "main").is_some());
+    assert!(h.emulator.get::<PodDisruptionBudget>(Some("team"), "main").is_some());
+    let config = h.emulator.get::<ConfigMap>(Some("team"), "main-dataplane").expect("config");
+    assert_eq!(config.data.as_ref().unwrap()["AERUGO_PUBLIC_URL"], "https://registry.example.com");
+    let token_key = h.emulator.get::<Secret>(Some("team"), "main-token-key").expect("token key");
+    let key_hex = String::from_utf8(token_key.data.as_ref().unwrap()["key"].0.clone()).unwrap();
+    aerugo_auth::token::TokenKeys::from_hex(&key_hex, &[]).expect("a signing key the data plane loads");
+
+    // No controllers run in the emulator: play the Job and Deployment controllers' part.
+    let jobs: Api<Job> = Api::namespaced(h.client.clone(), "team");
+    let job = jobs.list(&Default::default()).await.unwrap().items.into_iter().next().expect("migration job");
+    let job_name = job.metadata.name.clone().unwrap();
+    assert_eq!(job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].args.as_deref(), Some(&["migrate".to_owned()][..]));
+    jobs.patch_status(&job_name, &PatchParams::default(), &Patch::Merge(json!({ "status": { "succeeded": 1 } }))).await.unwrap();
+    wait_reason::<aerugo_crds::Registry>(&h, "team", "main", "False", "Progressing").await;
+    let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "team");
+    deployments.patch_status("main", &PatchParams::default(), &Patch::Merge(json!({ "status": { "readyReplicas": 2 } }))).await.unwrap();
+    let ready: aerugo_crds::Registry = wait_reason(&h, "team", "main", "True", "Reconciled").await;
+    let status = ready.status.unwrap();
+    assert_eq!((status.ready_replicas, status.endpoint.as_deref()), (Some(2), Some("registry.example.com")));
+
+    // Drift: a deleted child comes back; the signing key is never regenerated.
+    let services: Api<Service> = Api::namespaced(h.client.clone(), "team");
+    services.delete("main", &DeleteParams::default()).await.unwrap();
+    h.emulator.wait_for::<Service, _>(Some("team"), "main", WAIT, |s| s.is_some()).await.expect("service recreated");
+    // A new image: a new migration Job; autoscaling: an HPA owns the replica count.
+    api.patch(
+        "main",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "image": "aerugo/dataplane:2", "autoscaling": { "minReplicas": 2, "maxReplicas": 5 } } })),
+    )
+    .await
+    .unwrap();
+    wait_reason::<aerugo_crds::Registry>(&h, "team", "main", "False", "MigrationPending").await;
+    assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 2);
+    let hpa = h.emulator.wait_for::<HorizontalPodAutoscaler, _>(Some("team"), "main", WAIT, |a| a.is_some()).await.unwrap().unwrap();
+    assert_eq!(hpa.spec.max_replicas, 5);
+    let deployment = get("main").unwrap();
+    assert_eq!(deployment.spec.replicas, None, "the HPA owns the replica count");
+    assert_eq!(deployment.spec.template.spec.unwrap().containers[0].image.as_deref(), Some("aerugo/dataplane:2"));
+    let key_again = h.emulator.get::<Secret>(Some("team"), "main-token-key").unwrap();
+    assert_eq!(key_again.data, token_key.data, "the signing key is kept");
+}
+
+#[tokio::test]
+async fn keys_rotate_with_an_overlap() {
+    let h = start().await;
+    create(&h, "team", org("acme", json!({}))).await;
+    wait_reason::<Organization>(&h, "team", "acme", "True", "Reconciled").await;
+    create(
+        &h,
+        "team",
+        key("rotating", json!({ "organizationRef": { "name": "acme" }, "scopes": [{ "repositories": "*", "actions": ["Pull"] }], "rotateEvery": "3s", "rotationOverlap": "2s", "secretType": "Opaque" })),
+    )
+    .await;
+    let first: ApiKey = wait_reason(&h, "team", "rotating", "True", "Reconciled").await;
+    let first_id = first.status.and_then(|s| s.key_id).expect("keyId");
+    let rotated = h
+        .emulator
+        .wait_for::<ApiKey, _>(Some("team"), "rotating", WAIT, |k| {
+            k.and_then(|k| k.status.as_ref()).and_then(|s| s.key_id.as_deref()).is_some_and(|id| id != first_id)
+        })
+        .await
+        .expect("rotated")
+        .unwrap();
+    let second_id = rotated.status.and_then(|s| s.key_id).unwrap();
+    let secret = h.emulator.get::<Secret>(Some("team"), "rotating").unwrap();
+    assert_eq!(aerugo_auth::apikey::parse(&aerugo_operator::key::token_in(&secret).unwrap()).unwrap().key_id, second_id);
+    // The previous key works until the overlap ends, then not.
+    let db = h.db.get().await.unwrap();
+    let live = "SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM api_keys WHERE key_id = $1";
+    let old_expiry: Option<time::OffsetDateTime> =
+        db.query_one("SELECT expires_at FROM api_keys WHERE key_id = $1", &[&first_id]).await.unwrap().get(0);
+    let old_expiry = old_expiry.expect("the previous key got an end");
+    assert!(old_expiry > time::OffsetDateTime::now_utc() - time::Duration::seconds(3));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!db.query_one(live, &[&first_id]).await.unwrap().get::<_, bool>(0), "the overlap ended");
+}
+
+#[tokio::test]
+async fn a_database_outage_is_reported_and_recovered_from() {
+    let url = aerugo_db::testing::fresh_database().await.expect("database");
+    let pool = aerugo_db::pool(&url, 2).unwrap();
+    aerugo_db::tenancy::create_user(&pool.get().await.unwrap(), "ada", None, None, false, "api").await.unwrap();
+    let emulator = Emulator::new();
+    emulator.install_crds_from(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")).expect("CRDs");
+    emulator.seed(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "team" } })).unwrap();
+    let client = emulator.client();
+    // Nothing listens on port 9: every connection fails.
+    let down = aerugo_db::pool("postgres://postgres@127.0.0.1:9/none", 2).expect("pool");
+    let cluster = |db: aerugo_db::Pool| {
+        Arc::new(ClusterContext {
+            recorder: kube::runtime::events::Recorder::new(client.clone(), "aerugo-operator".into()),
+            ctx: Context {
+                db,
+                world: World::Cluster(client.clone()),
+                settings: Settings { registry_host: "r".into(), resync: Duration::from_secs(2) },
+                metrics: Metrics::new(&prometheus::Registry::new()).expect("metrics"),
+                failures: Mutex::default(),
+            },
+            client: client.clone(),
+        })
+    };
+    let running = tokio::spawn(controller::run(cluster(down)));
+    let h = Harness { emulator: emulator.clone(), db: pool, client: client.clone() };
+    create(&h, "team", org("acme", json!({}))).await;
+    wait_reason::<Organization>(&h, "team", "acme", "False", "DatabaseUnavailable").await;
+    // The database is back (a new operator process would find it; here a second controller set).
+    running.abort();
+    tokio::spawn(controller::run(cluster(h.db.clone())));
+    wait_reason::<Organization>(&h, "team", "acme", "True", "Reconciled").await;
+}

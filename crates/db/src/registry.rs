@@ -372,6 +372,53 @@ pub async fn put_tag(client: &impl GenericClient, repository_id: i64, tag: &str,
     Ok(())
 }
 
+/// The repository's immutable tag patterns (globs).
+pub async fn immutable_tag_patterns(client: &impl GenericClient, repository_id: i64) -> Result<Vec<String>> {
+    let stmt = client.prepare_cached("SELECT immutable_tag_patterns FROM repositories WHERE id = $1").await?;
+    Ok(client.query_opt(&stmt, &[&repository_id]).await?.map(|r| r.get(0)).unwrap_or_default())
+}
+
+/// Creates `tag` on `manifest_id` unless it exists: an immutable tag never moves. Returns the
+/// digest it already points to when that is another manifest.
+pub async fn put_tag_once(
+    client: &impl GenericClient,
+    repository_id: i64,
+    tag: &str,
+    manifest_id: i64,
+) -> Result<Option<String>> {
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO tags (repository_id, name, manifest_id) VALUES ($1, $2, $3)
+             ON CONFLICT (repository_id, name) DO NOTHING",
+        )
+        .await?;
+    if client.execute(&stmt, &[&repository_id, &tag, &manifest_id]).await? > 0 {
+        return Ok(None);
+    }
+    let stmt = client
+        .prepare_cached(
+            "SELECT m.digest, t.manifest_id FROM tags t JOIN manifests m ON m.id = t.manifest_id
+              WHERE t.repository_id = $1 AND t.name = $2",
+        )
+        .await?;
+    Ok(client
+        .query_opt(&stmt, &[&repository_id, &tag])
+        .await?
+        .filter(|r| r.get::<_, i64>(1) != manifest_id)
+        .map(|r| r.get(0)))
+}
+
+/// The tags pointing at manifest `digest`.
+pub async fn tags_on(client: &impl GenericClient, repository_id: i64, digest: &str) -> Result<Vec<String>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT t.name FROM tags t JOIN manifests m ON m.id = t.manifest_id
+              WHERE t.repository_id = $1 AND m.digest = $2 ORDER BY t.name",
+        )
+        .await?;
+    Ok(client.query(&stmt, &[&repository_id, &digest]).await?.iter().map(|r| r.get(0)).collect())
+}
+
 /// Removes a tag; false when it did not exist.
 pub async fn delete_tag(client: &impl GenericClient, repository_id: i64, tag: &str) -> Result<bool> {
     let stmt = client.prepare_cached("DELETE FROM tags WHERE repository_id = $1 AND name = $2").await?;

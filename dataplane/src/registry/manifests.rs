@@ -85,7 +85,17 @@ impl Registry {
         )
         .await?;
         if let Reference::Tag(tag) = reference {
-            registry::put_tag(&tx, repo.id, tag.as_str(), id).await?;
+            let patterns = registry::immutable_tag_patterns(&tx, repo.id).await?;
+            match immutable_by(&patterns, tag.as_str()) {
+                Some(pattern) => {
+                    if let Some(current) = registry::put_tag_once(&tx, repo.id, tag.as_str(), id).await? {
+                        return Err(RegistryError::ImmutableTag(format!(
+                            "tag {tag} of {name} is immutable (pattern {pattern:?}) and points to {current}; push under a new tag"
+                        )));
+                    }
+                }
+                None => registry::put_tag(&tx, repo.id, tag.as_str(), id).await?,
+            }
         }
         registry::touch_repository(&tx, repo.id).await?;
         actor
@@ -105,6 +115,16 @@ impl Registry {
         let mut client = self.client().await?;
         let repo = self.repository(&client, name).await?;
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+        let patterns = registry::immutable_tag_patterns(&tx, repo.id).await?;
+        let tags = match reference {
+            Reference::Tag(tag) => vec![tag.as_str().to_owned()],
+            Reference::Digest(digest) => registry::tags_on(&tx, repo.id, digest.as_str()).await?,
+        };
+        if let Some((tag, pattern)) = tags.iter().find_map(|t| immutable_by(&patterns, t).map(|p| (t, p))) {
+            return Err(RegistryError::ImmutableTag(format!(
+                "tag {tag} of {name} is immutable (pattern {pattern:?}) and cannot be deleted"
+            )));
+        }
         match reference {
             Reference::Tag(tag) => {
                 if !registry::delete_tag(&tx, repo.id, tag.as_str()).await? {
@@ -128,6 +148,14 @@ impl Registry {
         tx.commit().await.map_err(aerugo_db::Error::from)?;
         Ok(())
     }
+}
+
+/// The first of `patterns` (globs) that makes `tag` immutable.
+fn immutable_by<'a>(patterns: &'a [String], tag: &str) -> Option<&'a str> {
+    patterns
+        .iter()
+        .find(|p| globset::Glob::new(p).is_ok_and(|g| g.compile_matcher().is_match(tag)))
+        .map(String::as_str)
 }
 
 /// Checks that every blob and child manifest the manifest references is in the repository;

@@ -393,6 +393,38 @@ async fn tags_move_and_delete() {
 }
 
 #[actix_web::test]
+async fn immutable_tags_never_move_or_go() {
+    let reg = fs_registry().await;
+    let app = app(&reg).await;
+    let first = push_image(&app, "frozen", "v1", 1).await;
+    let db = aerugo_db::pool(&reg.database_url, 1).expect("pool");
+    db.get()
+        .await
+        .expect("db")
+        .execute("UPDATE repositories SET immutable_tag_patterns = '{v*}' WHERE name = 'frozen'", &[])
+        .await
+        .expect("patterns");
+    // The same manifest again is fine; another one under the tag is refused with 409 DENIED.
+    assert_eq!(push_image(&app, "frozen", "v1", 1).await, first);
+    let config = b"{\"os\":\"linux\",\"seed\":9}".to_vec();
+    let c = push_blob(&app, "frozen", &config).await;
+    let manifest = image_manifest(&(c, config.len()), &[]);
+    let refused = put_manifest(&app, "frozen", "v1", OCI_MANIFEST, &manifest).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert_eq!(refused.error_code(), "DENIED");
+    assert!(refused.json()["errors"][0]["detail"].as_str().is_some_and(|d| d.contains("immutable") && d.contains(first.as_str())));
+    let got = call(&app, Method::HEAD, "/v2/frozen/manifests/v1").await;
+    assert_eq!(got.header("docker-content-digest"), Some(first.as_str()), "the tag did not move");
+    // Neither the tag nor its manifest can be deleted; other tags behave as usual.
+    assert_eq!(call(&app, Method::DELETE, "/v2/frozen/manifests/v1").await.status, StatusCode::CONFLICT);
+    assert_eq!(call(&app, Method::DELETE, &format!("/v2/frozen/manifests/{first}")).await.status, StatusCode::CONFLICT);
+    push_image(&app, "frozen", "v2", 2).await;
+    push_image(&app, "frozen", "latest", 3).await;
+    push_image(&app, "frozen", "latest", 4).await;
+    assert_eq!(call(&app, Method::DELETE, "/v2/frozen/manifests/latest").await.status, StatusCode::ACCEPTED);
+}
+
+#[actix_web::test]
 async fn pagination_of_tags_and_catalog() {
     let reg = fs_registry().await;
     let app = app(&reg).await;
