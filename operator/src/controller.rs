@@ -252,5 +252,10 @@ pub async fn run(cluster: Arc<ClusterContext>) {
             .run(reconcile::<Registry>, error_policy::<Registry>, cluster)
             .for_each(|_| async {})
     };
-    tokio::join!(controller::<Organization>(cluster.clone()), controller::<Repository>(cluster.clone()), keys, registries);
+    tokio::join!(
+        controller::<Organization>(cluster.clone()),
+        controller::<Repository>(cluster.clone()),
+        keys,
+        registries
+    );
 }

@@ -254,7 +254,9 @@ where
         + serde::Serialize,
 {
     let name = body["metadata"]["name"].as_str().unwrap_or_default();
-    Ok(Api::<K>::namespaced(client.clone(), namespace).patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(body)).await?)
+    Ok(Api::<K>::namespaced(client.clone(), namespace)
+        .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(body))
+        .await?)
 }
 
 /// Applies the children and reports readiness: the migration done and a pod ready.
@@ -263,8 +265,9 @@ pub async fn sync(ctx: &Context, registry: &Registry) -> Result<Synced<RegistryS
         return Err(Error::InvalidSpec("a Registry is reconciled in a cluster only".into()));
     };
     let r = validate(registry)?;
-    let owner = serde_json::to_value(registry.controller_owner_ref(&()).ok_or_else(|| Error::Io("no owner reference".into()))?)
-        .map_err(|e| Error::Io(e.to_string()))?;
+    let owner =
+        serde_json::to_value(registry.controller_owner_ref(&()).ok_or_else(|| Error::Io("no owner reference".into()))?)
+            .map_err(|e| Error::Io(e.to_string()))?;
     let ns = &r.namespace;
     // The token signing key: generated once; an existing Secret is never overwritten.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -314,7 +317,11 @@ pub async fn sync(ctx: &Context, registry: &Registry) -> Result<Synced<RegistryS
     };
     let requeue = (!readiness.ready).then_some(Duration::from_secs(10));
     Ok(Synced {
-        status: RegistryStatus { ready_replicas: Some(ready_replicas), endpoint: Some(endpoint(&r)), ..Default::default() },
+        status: RegistryStatus {
+            ready_replicas: Some(ready_replicas),
+            endpoint: Some(endpoint(&r)),
+            ..Default::default()
+        },
         readiness,
         requeue,
     })
@@ -369,7 +376,10 @@ mod tests {
         assert!(desired_hpa(&r, &owner).is_none());
         // A new image means a new migration Job and a new rollout.
         let newer = validate(&registry(RegistrySpec { image: "aerugo/dataplane:2".into(), ..spec() })).expect("valid");
-        assert_ne!(desired_migration(&r, &owner)["metadata"]["name"], desired_migration(&newer, &owner)["metadata"]["name"]);
+        assert_ne!(
+            desired_migration(&r, &owner)["metadata"]["name"],
+            desired_migration(&newer, &owner)["metadata"]["name"]
+        );
         let rolled = desired_deployment(&newer, &desired_config(&newer, &owner)["data"], &owner);
         assert_ne!(
             rolled["spec"]["template"]["metadata"]["annotations"],
@@ -387,9 +397,13 @@ mod tests {
 
     #[test]
     fn invalid_specs_are_refused() {
-        let bad_scaling = RegistrySpec { autoscaling: Some(Autoscaling { min_replicas: 5, max_replicas: 2, target_cpu_percent: None }), ..spec() };
+        let bad_scaling = RegistrySpec {
+            autoscaling: Some(Autoscaling { min_replicas: 5, max_replicas: 2, target_cpu_percent: None }),
+            ..spec()
+        };
         assert!(validate(&registry(bad_scaling)).is_err());
-        let bad_service = RegistrySpec { service: Some(ServiceSpec { type_: Some("Ingress".into()), port: None }), ..spec() };
+        let bad_service =
+            RegistrySpec { service: Some(ServiceSpec { type_: Some("Ingress".into()), port: None }), ..spec() };
         assert!(validate(&registry(bad_service)).is_err());
         let mut bad_endpoint = spec();
         bad_endpoint.storage.endpoint = "s3:3900".into();

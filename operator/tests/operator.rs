@@ -374,7 +374,10 @@ async fn a_registry_becomes_a_data_plane_deployment() {
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
     let h = start().await;
-    for (name, data) in [("db", json!({ "url": "postgres://db/aerugo" })), ("s3", json!({ "accessKeyId": "id", "secretAccessKey": "secret" }))] {
+    for (name, data) in [
+        ("db", json!({ "url": "postgres://db/aerugo" })),
+        ("s3", json!({ "accessKeyId": "id", "secretAccessKey": "secret" })),
+    ] {
         h.emulator
             .seed(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name, "namespace": "team" }, "stringData": data }))
             .expect("secret");
@@ -388,8 +391,11 @@ async fn a_registry_becomes_a_data_plane_deployment() {
         },
     });
     let gvk = kube::api::GroupVersionKind::gvk("aerugo.io", "v1alpha1", "Registry");
-    let api: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(h.client.clone(), "team", &kube::api::ApiResource::from_gvk_with_plural(&gvk, "registries"));
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        h.client.clone(),
+        "team",
+        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "registries"),
+    );
     api.create(&PostParams::default(), &serde_json::from_value(registry).unwrap()).await.expect("create");
     wait_reason::<aerugo_crds::Registry>(&h, "team", "main", "False", "MigrationPending").await;
 
@@ -409,11 +415,19 @@ async fn a_registry_becomes_a_data_plane_deployment() {
     let jobs: Api<Job> = Api::namespaced(h.client.clone(), "team");
     let job = jobs.list(&Default::default()).await.unwrap().items.into_iter().next().expect("migration job");
     let job_name = job.metadata.name.clone().unwrap();
-    assert_eq!(job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].args.as_deref(), Some(&["migrate".to_owned()][..]));
-    jobs.patch_status(&job_name, &PatchParams::default(), &Patch::Merge(json!({ "status": { "succeeded": 1 } }))).await.unwrap();
+    assert_eq!(
+        job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].args.as_deref(),
+        Some(&["migrate".to_owned()][..])
+    );
+    jobs.patch_status(&job_name, &PatchParams::default(), &Patch::Merge(json!({ "status": { "succeeded": 1 } })))
+        .await
+        .unwrap();
     wait_reason::<aerugo_crds::Registry>(&h, "team", "main", "False", "Progressing").await;
     let deployments: Api<Deployment> = Api::namespaced(h.client.clone(), "team");
-    deployments.patch_status("main", &PatchParams::default(), &Patch::Merge(json!({ "status": { "readyReplicas": 2 } }))).await.unwrap();
+    deployments
+        .patch_status("main", &PatchParams::default(), &Patch::Merge(json!({ "status": { "readyReplicas": 2 } })))
+        .await
+        .unwrap();
     let ready: aerugo_crds::Registry = wait_reason(&h, "team", "main", "True", "Reconciled").await;
     let status = ready.status.unwrap();
     assert_eq!((status.ready_replicas, status.endpoint.as_deref()), (Some(2), Some("registry.example.com")));
@@ -426,13 +440,20 @@ async fn a_registry_becomes_a_data_plane_deployment() {
     api.patch(
         "main",
         &PatchParams::default(),
-        &Patch::Merge(json!({ "spec": { "image": "aerugo/dataplane:2", "autoscaling": { "minReplicas": 2, "maxReplicas": 5 } } })),
+        &Patch::Merge(
+            json!({ "spec": { "image": "aerugo/dataplane:2", "autoscaling": { "minReplicas": 2, "maxReplicas": 5 } } }),
+        ),
     )
     .await
     .unwrap();
     wait_reason::<aerugo_crds::Registry>(&h, "team", "main", "False", "MigrationPending").await;
     assert_eq!(jobs.list(&Default::default()).await.unwrap().items.len(), 2);
-    let hpa = h.emulator.wait_for::<HorizontalPodAutoscaler, _>(Some("team"), "main", WAIT, |a| a.is_some()).await.unwrap().unwrap();
+    let hpa = h
+        .emulator
+        .wait_for::<HorizontalPodAutoscaler, _>(Some("team"), "main", WAIT, |a| a.is_some())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(hpa.spec.max_replicas, 5);
     let deployment = get("main").unwrap();
     assert_eq!(deployment.spec.replicas, None, "the HPA owns the replica count");
@@ -464,10 +485,14 @@ async fn keys_rotate_with_an_overlap() {
         .unwrap();
     let second_id = rotated.status.and_then(|s| s.key_id).unwrap();
     let secret = h.emulator.get::<Secret>(Some("team"), "rotating").unwrap();
-    assert_eq!(aerugo_auth::apikey::parse(&aerugo_operator::key::token_in(&secret).unwrap()).unwrap().key_id, second_id);
+    assert_eq!(
+        aerugo_auth::apikey::parse(&aerugo_operator::key::token_in(&secret).unwrap()).unwrap().key_id,
+        second_id
+    );
     // The previous key works until the overlap ends, then not.
     let db = h.db.get().await.unwrap();
-    let live = "SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM api_keys WHERE key_id = $1";
+    let live =
+        "SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM api_keys WHERE key_id = $1";
     let old_expiry: Option<time::OffsetDateTime> =
         db.query_one("SELECT expires_at FROM api_keys WHERE key_id = $1", &[&first_id]).await.unwrap().get(0);
     let old_expiry = old_expiry.expect("the previous key got an end");

@@ -152,10 +152,7 @@ impl Registry {
 
 /// The first of `patterns` (globs) that makes `tag` immutable.
 fn immutable_by<'a>(patterns: &'a [String], tag: &str) -> Option<&'a str> {
-    patterns
-        .iter()
-        .find(|p| globset::Glob::new(p).is_ok_and(|g| g.compile_matcher().is_match(tag)))
-        .map(String::as_str)
+    patterns.iter().find(|p| globset::Glob::new(p).is_ok_and(|g| g.compile_matcher().is_match(tag))).map(String::as_str)
 }
 
 /// Checks that every blob and child manifest the manifest references is in the repository;

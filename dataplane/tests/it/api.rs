@@ -412,7 +412,11 @@ async fn immutable_tags_never_move_or_go() {
     let refused = put_manifest(&app, "frozen", "v1", OCI_MANIFEST, &manifest).await;
     assert_eq!(refused.status, StatusCode::CONFLICT);
     assert_eq!(refused.error_code(), "DENIED");
-    assert!(refused.json()["errors"][0]["detail"].as_str().is_some_and(|d| d.contains("immutable") && d.contains(first.as_str())));
+    assert!(
+        refused.json()["errors"][0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("immutable") && d.contains(first.as_str()))
+    );
     let got = call(&app, Method::HEAD, "/v2/frozen/manifests/v1").await;
     assert_eq!(got.header("docker-content-digest"), Some(first.as_str()), "the tag did not move");
     // Neither the tag nor its manifest can be deleted; other tags behave as usual.
