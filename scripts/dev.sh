@@ -104,6 +104,23 @@ ensure_garage() {
   while IFS= read -r line; do export "${line?}"; done <<<"$env"
 }
 
+# moto: an S3 emulator that stores and evaluates bucket policies (Garage has none), for the
+# operator's bucket-policy tests.
+ensure_moto() {
+  local port=$1
+  pip_install moto.server 'moto[server]'
+  export AERUGO_TEST_MOTO_ENDPOINT=http://127.0.0.1:$port
+  curl -fsS "$AERUGO_TEST_MOTO_ENDPOINT/moto-api/" >/dev/null 2>&1 && return 0
+  python3 -m moto.server -H 127.0.0.1 -p "$port" >"$STATE/moto.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 100); do
+    curl -fsS "$AERUGO_TEST_MOTO_ENDPOINT/moto-api/" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  log "moto did not start on port $port (see $STATE/moto.log)"
+  exit 1
+}
+
 build() {
   log "building ($CARGO_TARGET_DIR)"
   cargo build --workspace --bins "$@"
@@ -164,6 +181,7 @@ cmd_test() {
     while read -r db; do psql -q "$AERUGO_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" >/dev/null; done
   ensure_garage 3910 "$STATE/garage-test"
   export AERUGO_TEST_S3=1
+  ensure_moto 3930
   log "cargo fmt --check"
   cargo fmt --all -- --check
   log "cargo clippy"

@@ -85,6 +85,30 @@ pub struct RegistryStorage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 604_800))]
     pub presign_ttl_seconds: Option<u32>,
+    /// Whether the operator creates the bucket and keeps its lifecycle rule (abort multipart
+    /// uploads left incomplete for a day) and policy. Turn off when the bucket is managed
+    /// elsewhere. Default true.
+    #[serde(default = "yes")]
+    pub manage_bucket: bool,
+    /// The bucket policy to keep on the bucket (with `manageBucket`). Default: leave the
+    /// policy alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<BucketPolicy>,
+}
+
+/// A bucket policy: the registry's principal reads and writes, optional readers read.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketPolicy {
+    /// The principal (an ARN, or what the S3 service uses) the data plane signs as.
+    #[schemars(length(min = 1))]
+    pub principal: String,
+    /// Principals allowed to read blobs directly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub readers: Vec<String>,
+    /// Deny every request not made over TLS (`aws:SecureTransport`).
+    #[serde(default)]
+    pub deny_insecure_transport: bool,
 }
 
 fn yes() -> bool {

@@ -149,6 +149,12 @@ fn full_objects() -> Vec<(Value, Value)> {
                 path_style: false,
                 redirect: registry::Redirect::Proxy,
                 presign_ttl_seconds: Some(60),
+                manage_bucket: false,
+                policy: Some(registry::BucketPolicy {
+                    principal: "arn:aws:iam::1:user/registry".into(),
+                    readers: vec!["arn:aws:iam::2:root".into()],
+                    deny_insecure_transport: true,
+                }),
             },
             database_secret: registry::SecretKeyRef { name: "db".into(), key: Some("dsn".into()) },
             redis_secret: Some(registry::SecretKeyRef { name: "redis".into(), key: None }),

@@ -5,6 +5,7 @@
 //! module holds pure `validate`/`desired` steps and the `sync`/`cleanup` that write; the
 //! driver only sequences them. All SQL is in `aerugo-db`.
 
+pub mod bucket;
 pub mod context;
 pub mod controller;
 pub mod error;

@@ -286,6 +286,27 @@ pub async fn sync(ctx: &Context, registry: &Registry) -> Result<Synced<RegistryS
             Err(e) => return Err(e.into()),
         }
     }
+    if r.spec.storage.manage_bucket {
+        let credentials = secrets.get_opt(&r.spec.storage.credentials_secret).await?.ok_or_else(|| Error::Waiting {
+            reason: "CredentialsNotFound",
+            message: format!("no Secret {:?} with accessKeyId and secretAccessKey", r.spec.storage.credentials_secret),
+        })?;
+        let value = |key: &str| {
+            credentials
+                .data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .ok_or_else(|| Error::Waiting {
+                    reason: "CredentialsNotFound",
+                    message: format!("Secret {:?} has no {key}", r.spec.storage.credentials_secret),
+                })
+        };
+        let changes = crate::bucket::sync(&r.spec.storage, &value("accessKeyId")?, &value("secretAccessKey")?).await?;
+        if changes != crate::bucket::BucketChanges::default() {
+            tracing::info!(bucket = %r.spec.storage.bucket, ?changes, "bucket configured");
+        }
+    }
     let config = desired_config(&r, &owner);
     apply_child::<ConfigMap>(client, ns, &config).await?;
     let job: Job = apply_child(client, ns, &desired_migration(&r, &owner)).await?;

@@ -386,7 +386,7 @@ async fn a_registry_becomes_a_data_plane_deployment() {
         "apiVersion": "aerugo.io/v1alpha1", "kind": "Registry", "metadata": { "name": "main" },
         "spec": {
             "replicas": 2, "image": "aerugo/dataplane:1", "host": "registry.example.com",
-            "storage": { "endpoint": "http://s3.example:3900", "bucket": "blobs", "credentialsSecret": "s3" },
+            "storage": { "endpoint": "http://s3.example:3900", "bucket": "blobs", "credentialsSecret": "s3", "manageBucket": false },
             "databaseSecret": { "name": "db" },
         },
     });
@@ -533,4 +533,88 @@ async fn a_database_outage_is_reported_and_recovered_from() {
     running.abort();
     tokio::spawn(controller::run(cluster(h.db.clone())));
     wait_reason::<Organization>(&h, "team", "acme", "True", "Reconciled").await;
+}
+
+/// Runs a Registry whose storage points at a real S3 service, and waits until the operator is
+/// past the bucket (the migration Job is next).
+async fn registry_on(h: &Harness, name: &str, storage: Value, access_key: &str, secret_key: &str) {
+    h.emulator
+        .seed(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": format!("{name}-s3"), "namespace": "team" }, "stringData": { "accessKeyId": access_key, "secretAccessKey": secret_key } }))
+        .expect("secret");
+    let mut storage = storage;
+    storage["credentialsSecret"] = json!(format!("{name}-s3"));
+    let registry = json!({
+        "apiVersion": "aerugo.io/v1alpha1", "kind": "Registry", "metadata": { "name": name },
+        "spec": { "image": "aerugo/dataplane:1", "storage": storage, "databaseSecret": { "name": "db" } },
+    });
+    let gvk = kube::api::GroupVersionKind::gvk("aerugo.io", "v1alpha1", "Registry");
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        h.client.clone(),
+        "team",
+        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "registries"),
+    );
+    api.create(&PostParams::default(), &serde_json::from_value(registry).unwrap()).await.expect("create");
+    wait_reason::<aerugo_crds::Registry>(h, "team", name, "False", "MigrationPending").await;
+}
+
+#[tokio::test]
+async fn the_registry_bucket_gets_a_lifecycle_rule_on_garage() {
+    let Ok(endpoint) =
+        std::env::var("AERUGO_S3_ENDPOINT").map_err(|_| eprintln!("no S3 (AERUGO_S3_ENDPOINT): skipped"))
+    else {
+        return;
+    };
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k}"));
+    let h = start().await;
+    let bucket = format!("reg-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let storage =
+        json!({ "endpoint": endpoint, "bucket": bucket, "region": var("AERUGO_S3_REGION"), "pathStyle": true });
+    registry_on(&h, "garage", storage, &var("AERUGO_S3_ACCESS_KEY_ID"), &var("AERUGO_S3_SECRET_ACCESS_KEY")).await;
+    let store = aerugo_storage::S3Store::new(&aerugo_storage::S3Config {
+        endpoint: Some(endpoint),
+        bucket,
+        region: var("AERUGO_S3_REGION"),
+        access_key_id: var("AERUGO_S3_ACCESS_KEY_ID"),
+        secret_access_key: var("AERUGO_S3_SECRET_ACCESS_KEY"),
+        path_style: true,
+    });
+    assert!(store.list_keys("").await.expect("the bucket exists").is_empty());
+    assert!(!store.ensure_abort_incomplete_uploads(1).await.expect("lifecycle"), "the rule is already in place");
+}
+
+#[tokio::test]
+async fn the_registry_bucket_policy_is_kept_on_moto() {
+    let Ok(endpoint) = std::env::var("AERUGO_TEST_MOTO_ENDPOINT")
+        .map_err(|_| eprintln!("no moto (AERUGO_TEST_MOTO_ENDPOINT): skipped"))
+    else {
+        return;
+    };
+    let h = start().await;
+    let bucket = format!("reg-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let policy = json!({ "principal": "arn:aws:iam::123456789012:user/registry", "readers": ["arn:aws:iam::210987654321:root"], "denyInsecureTransport": true });
+    let storage = json!({ "endpoint": endpoint, "bucket": bucket, "pathStyle": true, "policy": policy });
+    registry_on(&h, "moto", storage, "testing", "testing").await;
+    let store = aerugo_storage::S3Store::new(&aerugo_storage::S3Config {
+        endpoint: Some(endpoint),
+        bucket: bucket.clone(),
+        region: "us-east-1".into(),
+        access_key_id: "testing".into(),
+        secret_access_key: "testing".into(),
+        path_style: true,
+    });
+    let stored: Value = serde_json::from_str(&store.policy().await.expect("policy").expect("a policy")).unwrap();
+    let declared: aerugo_crds::registry::BucketPolicy = serde_json::from_value(policy).unwrap();
+    assert_eq!(stored, aerugo_operator::bucket::desired_policy(&bucket, &declared));
+    // Drift: a policy changed behind the operator's back is put back on the next resync.
+    store.put_policy(r#"{"Version":"2012-10-17","Statement":[]}"#).await.expect("tamper");
+    let mut restored = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now: Value = serde_json::from_str(&store.policy().await.unwrap().unwrap()).unwrap();
+        if now == stored {
+            restored = true;
+            break;
+        }
+    }
+    assert!(restored, "the policy was restored");
 }

@@ -117,6 +117,86 @@ impl S3Store {
         }
     }
 
+    /// Makes sure a lifecycle rule aborts multipart uploads left incomplete for `days` (an
+    /// abandoned upload's parts otherwise cost storage forever). Other rules are kept. Returns
+    /// whether the configuration was written.
+    pub async fn ensure_abort_incomplete_uploads(&self, days: i32) -> Result<bool> {
+        use aws_sdk_s3::types::{
+            AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, ExpirationStatus, LifecycleRule,
+            LifecycleRuleFilter,
+        };
+        const RULE: &str = "aerugo-abort-incomplete-uploads";
+        let mut rules: Vec<LifecycleRule> =
+            match self.client.get_bucket_lifecycle_configuration().bucket(&self.bucket).send().await {
+                Ok(out) => out.rules().to_vec(),
+                Err(e)
+                    if e.as_service_error().and_then(ProvideErrorMetadata::code)
+                        == Some("NoSuchLifecycleConfiguration")
+                        || is_not_found(&e) =>
+                {
+                    Vec::new()
+                }
+                Err(e) => return Err(s3_error("GetBucketLifecycleConfiguration", e)),
+            };
+        let current = rules.iter().any(|r| {
+            r.id() == Some(RULE)
+                && r.status() == &ExpirationStatus::Enabled
+                && r.abort_incomplete_multipart_upload().and_then(|a| a.days_after_initiation()) == Some(days)
+        });
+        if current {
+            return Ok(false);
+        }
+        rules.retain(|r| r.id() != Some(RULE));
+        let rule = LifecycleRule::builder()
+            .id(RULE)
+            .status(ExpirationStatus::Enabled)
+            .filter(LifecycleRuleFilter::builder().prefix("").build())
+            .abort_incomplete_multipart_upload(
+                AbortIncompleteMultipartUpload::builder().days_after_initiation(days).build(),
+            )
+            .build()
+            .map_err(|e| Error::S3 { operation: "PutBucketLifecycleConfiguration", message: e.to_string() })?;
+        rules.push(rule);
+        let config = BucketLifecycleConfiguration::builder()
+            .set_rules(Some(rules))
+            .build()
+            .map_err(|e| Error::S3 { operation: "PutBucketLifecycleConfiguration", message: e.to_string() })?;
+        self.client
+            .put_bucket_lifecycle_configuration()
+            .bucket(&self.bucket)
+            .lifecycle_configuration(config)
+            .send()
+            .await
+            .map_err(|e| s3_error("PutBucketLifecycleConfiguration", e))?;
+        Ok(true)
+    }
+
+    /// The bucket policy document, if the bucket has one.
+    pub async fn policy(&self) -> Result<Option<String>> {
+        match self.client.get_bucket_policy().bucket(&self.bucket).send().await {
+            Ok(out) => Ok(out.policy().map(str::to_owned)),
+            Err(e)
+                if e.as_service_error().and_then(ProvideErrorMetadata::code) == Some("NoSuchBucketPolicy")
+                    || is_not_found(&e) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(s3_error("GetBucketPolicy", e)),
+        }
+    }
+
+    /// Sets the bucket policy document.
+    pub async fn put_policy(&self, document: &str) -> Result<()> {
+        self.client
+            .put_bucket_policy()
+            .bucket(&self.bucket)
+            .policy(document)
+            .send()
+            .await
+            .map_err(|e| s3_error("PutBucketPolicy", e))?;
+        Ok(())
+    }
+
     /// Keys of the objects under `prefix` (consistency scans and tests).
     pub async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
         let mut keys = Vec::new();
