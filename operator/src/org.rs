@@ -149,7 +149,7 @@ pub async fn cleanup(ctx: &Context, org: &Organization) -> Result<()> {
     let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
     let released = declared::release_org(&tx, uid, delete).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
-    tracing::info!(org = %org.name_any(), delete, rows = released.rows, unreferenced_blobs = released.unreferenced_blobs.len(), "organization released");
+    tracing::info!(org = %org.name_any(), delete, rows = released.rows, unreferenced_blobs = released.unreferenced_blobs, "organization released");
     Ok(())
 }
 

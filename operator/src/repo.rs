@@ -190,7 +190,7 @@ pub async fn cleanup(ctx: &Context, repo: &Repository) -> Result<()> {
     let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
     let released = declared::release_repo(&tx, uid, delete).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
-    tracing::info!(repository = %repo.name_any(), delete, rows = released.rows, unreferenced_blobs = released.unreferenced_blobs.len(), "repository released");
+    tracing::info!(repository = %repo.name_any(), delete, rows = released.rows, unreferenced_blobs = released.unreferenced_blobs, "repository released");
     Ok(())
 }
 

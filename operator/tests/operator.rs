@@ -618,3 +618,65 @@ async fn the_registry_bucket_policy_is_kept_on_moto() {
     }
     assert!(restored, "the policy was restored");
 }
+
+#[tokio::test]
+async fn reclaim_delete_removes_rows_and_queues_unreferenced_blobs() {
+    let h = start().await;
+    create(&h, "team", org("acme", json!({}))).await;
+    wait_reason::<Organization>(&h, "team", "acme", "True", "Reconciled").await;
+    for name in ["doomed", "kept"] {
+        create(&h, "team", repo(name, json!({ "organizationRef": { "name": "acme" }, "reclaimPolicy": "Delete" })))
+            .await;
+        wait_reason::<Repository>(&h, "team", name, "True", "Reconciled").await;
+    }
+    // Two blobs in `doomed`, one of them shared with `kept`.
+    let db = h.db.get().await.unwrap();
+    db.batch_execute(
+        "INSERT INTO blobs (digest, size, storage_key) VALUES ('sha256:aa', 10, 'k/aa'), ('sha256:bb', 20, 'k/bb');
+         INSERT INTO repository_blobs (repository_id, digest) SELECT id, 'sha256:aa' FROM repositories WHERE name = 'acme/doomed';
+         INSERT INTO repository_blobs (repository_id, digest) SELECT id, 'sha256:bb' FROM repositories WHERE name IN ('acme/doomed', 'acme/kept');",
+    )
+    .await
+    .unwrap();
+    let repos: Api<Repository> = Api::namespaced(h.client.clone(), "team");
+    repos.delete("doomed", &DeleteParams::default()).await.unwrap();
+    h.emulator.wait_for::<Repository, _>(Some("team"), "doomed", WAIT, |r| r.is_none()).await.expect("finalized");
+    let gone: i64 =
+        db.query_one("SELECT COUNT(*) FROM repositories WHERE name = 'acme/doomed'", &[]).await.unwrap().get(0);
+    assert_eq!(gone, 0, "Delete removes the row");
+    let queued: Vec<String> = db
+        .query("SELECT digest FROM gc_blob_review_queue ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(queued.contains(&"sha256:aa".to_owned()), "the unreferenced blob waits for the collector: {queued:?}");
+    let shared: i64 =
+        db.query_one("SELECT COUNT(*) FROM repository_blobs WHERE digest = 'sha256:bb'", &[]).await.unwrap().get(0);
+    assert_eq!(shared, 1, "the blob another repository references stays linked there");
+}
+
+#[tokio::test]
+async fn storage_down_stops_a_registry_before_its_children() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let h = start().await;
+    h.emulator
+        .seed(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "s3", "namespace": "team" }, "stringData": { "accessKeyId": "a", "secretAccessKey": "b" } }))
+        .unwrap();
+    let registry = json!({
+        "apiVersion": "aerugo.io/v1alpha1", "kind": "Registry", "metadata": { "name": "main" },
+        "spec": { "image": "aerugo/dataplane:1", "databaseSecret": { "name": "db" },
+                  "storage": { "endpoint": "http://127.0.0.1:9", "bucket": "blobs", "credentialsSecret": "s3" } },
+    });
+    let gvk = kube::api::GroupVersionKind::gvk("aerugo.io", "v1alpha1", "Registry");
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        h.client.clone(),
+        "team",
+        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "registries"),
+    );
+    api.create(&PostParams::default(), &serde_json::from_value(registry).unwrap()).await.unwrap();
+    let down: aerugo_crds::Registry = wait_reason(&h, "team", "main", "False", "StorageUnavailable").await;
+    assert!(down.status.unwrap().conditions[0].message.contains("HeadBucket"));
+    assert!(h.emulator.get::<Deployment>(Some("team"), "main").is_none(), "nothing deployed without its storage");
+}

@@ -184,20 +184,21 @@ pub async fn org_usage(client: &impl GenericClient, org_id: i64) -> Result<(i64,
 pub struct Released {
     /// Rows deleted or orphaned.
     pub rows: u64,
-    /// Storage keys of blobs no repository references any more (to delete from storage).
-    pub unreferenced_blobs: Vec<String>,
+    /// Blobs no repository references any more. The `gc_blob_review_queue` triggers queued
+    /// them; the garbage collector deletes their objects and rows together.
+    pub unreferenced_blobs: i64,
 }
 
 /// Releases an Organization object's row: `delete` removes it with its repositories, tags,
-/// manifests, members and keys (and the blob rows nothing references any more, whose storage
-/// keys are returned); otherwise the row is kept, marked orphaned, for a new object of the same
-/// name in the same namespace to adopt.
+/// manifests, members and keys (the blobs nothing references any more are queued for the
+/// garbage collector by the schema's triggers); otherwise the row is kept, marked orphaned, for
+/// a new object of the same name in the same namespace to adopt.
 pub async fn release_org(client: &impl GenericClient, uid: Uuid, delete: bool) -> Result<Released> {
     if !delete {
         let rows = client
             .execute("UPDATE organizations SET k8s_uid = NULL, orphaned_at = now() WHERE k8s_uid = $1", &[&uid])
             .await?;
-        return Ok(Released { rows, unreferenced_blobs: Vec::new() });
+        return Ok(Released { rows, unreferenced_blobs: 0 });
     }
     let digests: Vec<String> = client
         .query(
@@ -210,24 +211,20 @@ pub async fn release_org(client: &impl GenericClient, uid: Uuid, delete: bool) -
         .map(|r| r.get(0))
         .collect();
     let rows = client.execute("DELETE FROM organizations WHERE k8s_uid = $1", &[&uid]).await?;
-    let unreferenced_blobs = drop_unreferenced_blobs(client, &digests).await?;
+    let unreferenced_blobs = count_unreferenced_blobs(client, &digests).await?;
     Ok(Released { rows, unreferenced_blobs })
 }
 
-/// Deletes the blob rows among `digests` that no repository links any more; returns their
-/// storage keys.
-async fn drop_unreferenced_blobs(client: &impl GenericClient, digests: &[String]) -> Result<Vec<String>> {
+/// How many of `digests` no repository links any more.
+async fn count_unreferenced_blobs(client: &impl GenericClient, digests: &[String]) -> Result<i64> {
     Ok(client
-        .query(
-            "DELETE FROM blobs b WHERE b.digest = ANY($1)
-                AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)
-             RETURNING b.storage_key",
+        .query_one(
+            "SELECT COUNT(*) FROM blobs b WHERE b.digest = ANY($1)
+                AND NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.digest = b.digest)",
             &[&digests],
         )
         .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
+        .get(0))
 }
 
 /// A Repository object's row.
@@ -395,7 +392,7 @@ pub async fn release_repo(client: &impl GenericClient, uid: Uuid, delete: bool) 
         let rows = client
             .execute("UPDATE repositories SET k8s_uid = NULL, orphaned_at = now() WHERE k8s_uid = $1", &[&uid])
             .await?;
-        return Ok(Released { rows, unreferenced_blobs: Vec::new() });
+        return Ok(Released { rows, unreferenced_blobs: 0 });
     }
     let digests: Vec<String> = client
         .query(
@@ -407,7 +404,7 @@ pub async fn release_repo(client: &impl GenericClient, uid: Uuid, delete: bool) 
         .map(|r| r.get(0))
         .collect();
     let rows = client.execute("DELETE FROM repositories WHERE k8s_uid = $1", &[&uid]).await?;
-    let unreferenced_blobs = drop_unreferenced_blobs(client, &digests).await?;
+    let unreferenced_blobs = count_unreferenced_blobs(client, &digests).await?;
     Ok(Released { rows, unreferenced_blobs })
 }
 
