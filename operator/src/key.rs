@@ -161,19 +161,12 @@ fn rfc3339(t: OffsetDateTime) -> Option<String> {
 /// Makes sure the Secret holds a live key with the declared scopes, rotating when due.
 pub async fn sync(ctx: &Context, key: &ApiKey) -> Result<Synced<ApiKeyStatus>> {
     let valid = validate(key)?;
-    let org = ctx.world.organization(&valid.namespace, &valid.organization).await?.ok_or_else(|| Error::Waiting {
-        reason: "OrganizationNotFound",
-        message: format!("no Organization {:?} in namespace {:?}", valid.organization, valid.namespace),
-    })?;
-    let org_uid = uid_of(org.metadata.uid.as_deref())?;
+    let (_, org_uid) = crate::org::referenced(ctx, &valid.namespace, &valid.organization).await?;
     let existing_secret = ctx.world.secret(&valid.namespace, &valid.secret_name).await?;
     let token = existing_secret.as_ref().and_then(token_in);
     let mut client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
     let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
-    let (org_id, org_name) = declared::org_of(&tx, org_uid).await?.ok_or_else(|| Error::Waiting {
-        reason: "OrganizationNotReady",
-        message: format!("Organization {:?} is not reconciled yet", valid.organization),
-    })?;
+    let (org_id, org_name) = crate::org::row_of(&tx, org_uid, &valid.organization).await?;
     let scopes = desired_scopes(&valid, &org_name);
     let live = declared::live_keys(&tx, valid.uid).await?;
     let presented = token.as_deref().and_then(aerugo_auth::apikey::parse);

@@ -141,6 +141,25 @@ pub async fn sync(ctx: &Context, org: &Organization) -> Result<Synced<Organizati
     })
 }
 
+/// The Organization `name` of `namespace` that a Repository or ApiKey references (references
+/// never leave their namespace).
+pub async fn referenced(ctx: &Context, namespace: &str, name: &str) -> Result<(Organization, Uuid)> {
+    let org = ctx.world.organization(namespace, name).await?.ok_or_else(|| Error::Waiting {
+        reason: "OrganizationNotFound",
+        message: format!("no Organization {name:?} in namespace {namespace:?}"),
+    })?;
+    let uid = uid_of(org.metadata.uid.as_deref())?;
+    Ok((org, uid))
+}
+
+/// The row of a referenced Organization: (id, registry-wide name); waits while it has none.
+pub async fn row_of(client: &impl aerugo_db::GenericClient, uid: Uuid, name: &str) -> Result<(i64, String)> {
+    declared::org_of(client, uid).await?.ok_or_else(|| Error::Waiting {
+        reason: "OrganizationNotReady",
+        message: format!("Organization {name:?} is not reconciled yet"),
+    })
+}
+
 /// The reclaim policy: keep the data (orphaned, adoptable) or delete it.
 pub async fn cleanup(ctx: &Context, org: &Organization) -> Result<()> {
     let uid = uid_of(org.metadata.uid.as_deref())?;

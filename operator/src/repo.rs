@@ -101,17 +101,10 @@ pub fn desired<'a>(
 /// Resolves the organization and grant subjects, writes the row and grants.
 pub async fn sync(ctx: &Context, repo: &Repository) -> Result<Synced<RepositoryStatus>> {
     let valid = validate(repo)?;
-    let org = ctx.world.organization(&valid.namespace, &valid.organization).await?.ok_or_else(|| Error::Waiting {
-        reason: "OrganizationNotFound",
-        message: format!("no Organization {:?} in namespace {:?}", valid.organization, valid.namespace),
-    })?;
-    let org_uid = uid_of(org.metadata.uid.as_deref())?;
+    let (org, org_uid) = crate::org::referenced(ctx, &valid.namespace, &valid.organization).await?;
     let mut client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
     let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
-    let (org_id, org_name) = declared::org_of(&tx, org_uid).await?.ok_or_else(|| Error::Waiting {
-        reason: "OrganizationNotReady",
-        message: format!("Organization {:?} is not reconciled yet", valid.organization),
-    })?;
+    let (org_id, org_name) = crate::org::row_of(&tx, org_uid, &valid.organization).await?;
     let full_name = format!("{org_name}/{}", valid.path);
     if full_name.len() > 255 {
         return Err(Error::InvalidSpec(format!("the repository name {full_name:?} is longer than 255 characters")));

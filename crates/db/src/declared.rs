@@ -27,6 +27,46 @@ pub enum Claim {
     },
 }
 
+/// What a claim found for an object's UID and name.
+enum Found {
+    /// The row the object owns.
+    Mine(i64),
+    /// A row of that name orphaned by an object of the same namespace: the object adopts it.
+    Adoptable(i64),
+    /// A row of that name no object owns and none orphaned (management API or push).
+    Unowned(i64, String),
+    /// A row of that name owned by another object, or orphaned in another namespace.
+    Taken(Option<String>),
+    /// Nothing: insert.
+    Absent,
+}
+
+/// Looks up (and locks) the rows of `table` an object with `uid`, `name` and `namespace` may
+/// claim. `table` is `organizations` or `repositories`.
+async fn find(client: &impl GenericClient, table: &str, uid: Uuid, name: &str, namespace: &str) -> Result<Found> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT id, k8s_uid, k8s_namespace, orphaned_at IS NOT NULL AS orphaned, name, managed_by
+                   FROM {table} WHERE k8s_uid = $1 OR name = $2 FOR UPDATE"
+            ),
+            &[&uid, &name],
+        )
+        .await?;
+    if let Some(row) = rows.iter().find(|r| r.get::<_, Option<Uuid>>("k8s_uid") == Some(uid)) {
+        return Ok(Found::Mine(row.get("id")));
+    }
+    let Some(row) = rows.iter().find(|r| r.get::<_, String>("name") == name) else { return Ok(Found::Absent) };
+    let (orphaned, owner_namespace) = (row.get::<_, bool>("orphaned"), row.get::<_, Option<String>>("k8s_namespace"));
+    Ok(if orphaned && owner_namespace.as_deref() == Some(namespace) {
+        Found::Adoptable(row.get("id"))
+    } else if !orphaned && row.get::<_, Option<Uuid>>("k8s_uid").is_none() {
+        Found::Unowned(row.get("id"), row.get("managed_by"))
+    } else {
+        Found::Taken(owner_namespace)
+    })
+}
+
 /// An Organization object's row.
 #[derive(Debug, Clone)]
 pub struct DeclaredOrg<'a> {
@@ -52,45 +92,31 @@ pub struct DeclaredOrg<'a> {
 /// UID) is updated; an orphaned row of the same name left by an object of the same namespace
 /// is adopted; a name held by anyone else is `Taken`.
 pub async fn sync_org(client: &impl GenericClient, org: &DeclaredOrg<'_>) -> Result<Claim> {
-    let rows = client
-        .query(
-            "SELECT id, k8s_uid, k8s_namespace, orphaned_at IS NOT NULL AS orphaned, name
-               FROM organizations WHERE k8s_uid = $1 OR name = $2 FOR UPDATE",
-            &[&org.uid, &org.name],
-        )
-        .await?;
-    let mine = rows.iter().find(|r| r.get::<_, Option<Uuid>>("k8s_uid") == Some(org.uid));
-    let id = match mine {
-        Some(row) => row.get::<_, i64>("id"),
-        None => match rows.iter().find(|r| r.get::<_, String>("name") == org.name) {
-            Some(row)
-                if row.get::<_, bool>("orphaned")
-                    && row.get::<_, Option<String>>("k8s_namespace").as_deref() == Some(org.namespace) =>
-            {
-                row.get("id")
-            }
-            Some(row) => return Ok(Claim::Taken { namespace: row.get("k8s_namespace") }),
-            None => {
-                let row = client
-                    .query_one(
-                        "INSERT INTO organizations (name, display_name, k8s_uid, k8s_namespace, managed_by, quota_bytes,
-                                                    bucket, auto_create_repos, default_visibility)
-                         VALUES ($1, $2, $3, $4, 'kubernetes', $5, $6, $7, $8) RETURNING id",
-                        &[
-                            &org.name,
-                            &org.display_name,
-                            &org.uid,
-                            &org.namespace,
-                            &org.quota_bytes,
-                            &org.bucket,
-                            &org.auto_create_repos,
-                            &org.default_visibility,
-                        ],
-                    )
-                    .await?;
-                return Ok(Claim::Owned { id: row.get("id"), changed: true });
-            }
-        },
+    let id = match find(client, "organizations", org.uid, org.name, org.namespace).await? {
+        Found::Mine(id) | Found::Adoptable(id) => id,
+        // An organization of the management API is not taken over by a declaration.
+        Found::Unowned(..) => return Ok(Claim::Taken { namespace: None }),
+        Found::Taken(namespace) => return Ok(Claim::Taken { namespace }),
+        Found::Absent => {
+            let row = client
+                .query_one(
+                    "INSERT INTO organizations (name, display_name, k8s_uid, k8s_namespace, managed_by, quota_bytes,
+                                                bucket, auto_create_repos, default_visibility)
+                     VALUES ($1, $2, $3, $4, 'kubernetes', $5, $6, $7, $8) RETURNING id",
+                    &[
+                        &org.name,
+                        &org.display_name,
+                        &org.uid,
+                        &org.namespace,
+                        &org.quota_bytes,
+                        &org.bucket,
+                        &org.auto_create_repos,
+                        &org.default_visibility,
+                    ],
+                )
+                .await?;
+            return Ok(Claim::Owned { id: row.get("id"), changed: true });
+        }
     };
     let changed = client
         .execute(
@@ -248,55 +274,32 @@ pub struct DeclaredRepo<'a> {
 
 /// Claims and updates a Repository object's row, as [`sync_org`] does for organizations.
 pub async fn sync_repo(client: &impl GenericClient, repo: &DeclaredRepo<'_>) -> Result<Claim> {
-    let rows = client
-        .query(
-            "SELECT id, k8s_uid, k8s_namespace, orphaned_at IS NOT NULL AS orphaned, name
-               FROM repositories WHERE k8s_uid = $1 OR name = $2 FOR UPDATE",
-            &[&repo.uid, &repo.name],
-        )
-        .await?;
-    let mine = rows.iter().find(|r| r.get::<_, Option<Uuid>>("k8s_uid") == Some(repo.uid));
-    let id = match mine {
-        Some(row) => row.get::<_, i64>("id"),
-        None => match rows.iter().find(|r| r.get::<_, String>("name") == repo.name) {
-            Some(row)
-                if row.get::<_, bool>("orphaned")
-                    && row.get::<_, Option<String>>("k8s_namespace").as_deref() == Some(repo.namespace) =>
-            {
-                row.get("id")
-            }
-            // A repository created by a push (no object) is adopted by the object that declares it.
-            Some(row) if row.get::<_, Option<Uuid>>("k8s_uid").is_none() && !row.get::<_, bool>("orphaned") => {
-                let api_managed: bool = client
-                    .query_one("SELECT managed_by = 'api' FROM repositories WHERE id = $1", &[&row.get::<_, i64>("id")])
-                    .await?
-                    .get(0);
-                if !api_managed {
-                    return Ok(Claim::Taken { namespace: row.get("k8s_namespace") });
-                }
-                row.get("id")
-            }
-            Some(row) => return Ok(Claim::Taken { namespace: row.get("k8s_namespace") }),
-            None => {
-                let row = client
-                    .query_one(
-                        "INSERT INTO repositories (org_id, name, visibility, k8s_uid, k8s_namespace, managed_by,
-                                                   immutable_tag_patterns, retention)
-                         VALUES ($1, $2, $3, $4, $5, 'kubernetes', $6, $7) RETURNING id",
-                        &[
-                            &repo.org_id,
-                            &repo.name,
-                            &repo.visibility,
-                            &repo.uid,
-                            &repo.namespace,
-                            &repo.immutable_tag_patterns,
-                            &repo.retention,
-                        ],
-                    )
-                    .await?;
-                return Ok(Claim::Owned { id: row.get("id"), changed: true });
-            }
-        },
+    let id = match find(client, "repositories", repo.uid, repo.name, repo.namespace).await? {
+        Found::Mine(id) | Found::Adoptable(id) => id,
+        // A repository created by a push or the management API is adopted by the object that
+        // declares it; one the system made is not.
+        Found::Unowned(id, managed_by) if managed_by == "api" => id,
+        Found::Unowned(..) => return Ok(Claim::Taken { namespace: None }),
+        Found::Taken(namespace) => return Ok(Claim::Taken { namespace }),
+        Found::Absent => {
+            let row = client
+                .query_one(
+                    "INSERT INTO repositories (org_id, name, visibility, k8s_uid, k8s_namespace, managed_by,
+                                               immutable_tag_patterns, retention)
+                     VALUES ($1, $2, $3, $4, $5, 'kubernetes', $6, $7) RETURNING id",
+                    &[
+                        &repo.org_id,
+                        &repo.name,
+                        &repo.visibility,
+                        &repo.uid,
+                        &repo.namespace,
+                        &repo.immutable_tag_patterns,
+                        &repo.retention,
+                    ],
+                )
+                .await?;
+            return Ok(Claim::Owned { id: row.get("id"), changed: true });
+        }
     };
     let changed = client
         .execute(
