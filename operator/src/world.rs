@@ -91,7 +91,8 @@ impl World {
                 // Plain scalars, not folded blocks: the key stays on one line for `grep` and `awk`.
                 let mut options = serde_saphyr::SerializerOptions::default();
                 options.prefer_block_scalars = false;
-                let yaml = serde_saphyr::to_string_with_options(&value, options).map_err(|e| Error::Io(e.to_string()))?;
+                let yaml =
+                    serde_saphyr::to_string_with_options(&value, options).map_err(|e| Error::Io(e.to_string()))?;
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| Error::Io(format!("{}: {e}", parent.display())))?;
                 }

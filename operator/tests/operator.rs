@@ -680,3 +680,40 @@ async fn storage_down_stops_a_registry_before_its_children() {
     assert!(down.status.unwrap().conditions[0].message.contains("HeadBucket"));
     assert!(h.emulator.get::<Deployment>(Some("team"), "main").is_none(), "nothing deployed without its storage");
 }
+
+#[tokio::test]
+async fn one_replica_leads_at_a_time() {
+    use aerugo_operator::leader::Leadership;
+    use k8s_openapi::api::coordination::v1::Lease;
+
+    let emulator = Emulator::new();
+    let client = emulator.client();
+    let first =
+        Leadership::acquire(client.clone(), "default", "aerugo-operator", "replica-a").await.expect("first leads");
+    // The second waits while the first holds the lease.
+    let second = tokio::spawn(Leadership::acquire(client.clone(), "default", "aerugo-operator", "replica-b"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!second.is_finished(), "a held lease is not taken");
+    // The first loses it (another holder wrote it): `hold` returns and the caller stops.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    leases
+        .patch(
+            "aerugo-operator",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "holderIdentity": "replica-c" } })),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), first.hold()).await.expect("the first notices it lost the lease");
+    // Once the lease is released, the waiting replica takes it.
+    leases.delete("aerugo-operator", &DeleteParams::default()).await.unwrap();
+    let second =
+        tokio::time::timeout(Duration::from_secs(20), second).await.expect("the second leads").unwrap().expect("lease");
+    drop(second);
+    let lease = h_lease(&emulator);
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+}
+
+fn h_lease(emulator: &Emulator) -> Value {
+    emulator.get_raw("coordination.k8s.io/v1", "leases", Some("default"), "aerugo-operator").expect("lease")
+}
