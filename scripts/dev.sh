@@ -202,9 +202,18 @@ cmd_bench() {
   AERUGO_BIN=$CARGO_TARGET_DIR/release/aerugo-dataplane "$ROOT/bench/run.sh" "$@"
 }
 
+# The operator's reconcile benchmark: N Repository objects to Ready, then a resync of them
+# unchanged (the API emulator in process, real Postgres).
+cmd_bench_operator() {
+  ensure_postgres
+  export AERUGO_TEST_DATABASE_URL=$AERUGO_PG_ADMIN_URL
+  cargo run --release -q -p aerugo-operator --example bench_reconcile -- "${1:-1000}"
+}
+
 case "${1:-}" in
   run) cmd_run ;;
   test) cmd_test ;;
   bench) shift; cmd_bench "$@" ;;
-  *) echo "usage: $0 run|test|bench" >&2; exit 2 ;;
+  bench-operator) shift; cmd_bench_operator "$@" ;;
+  *) echo "usage: $0 run|test|bench|bench-operator" >&2; exit 2 ;;
 esac

@@ -91,8 +91,9 @@ async fn main() {
         n as f64 / all_ready.as_secs_f64()
     );
 
-    // A resync of unchanged objects: wait for one resync period, count what it wrote.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The organization's usage changed (it has N repositories now): its first resync records
+    // that. After it, nothing changes: measure a whole resync period of unchanged objects.
+    tokio::time::sleep(resync + Duration::from_secs(5)).await;
     let before = row_versions(&db).await;
     emulator.clear_requests();
     let runs_before = emulator.resource_version();
@@ -110,4 +111,7 @@ async fn main() {
         writes.len(),
         emulator.resource_version() - runs_before,
     );
+    for w in &writes {
+        println!("  write: {} {}/{} {:?}", w.verb.as_str(), w.resource, w.name.as_deref().unwrap_or(""), w.subresource);
+    }
 }
