@@ -109,17 +109,26 @@ async fn the_operator_binary_reconciles_examples_through_a_kubeconfig() {
     let kubeconfig = work.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let mut operator = Command::new(operator_bin())
-        .arg("run")
-        .env("KUBECONFIG", &kubeconfig)
-        .env("AERUGO_DATABASE_URL", &database)
-        .env("AERUGO_REGISTRY_HOST", "registry.test")
-        .env("AERUGO_OPERATOR_ADMIN_LISTEN", &admin)
-        .env("POD_NAMESPACE", "default")
-        .env("HOSTNAME", "operator-0")
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("operator starts");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _operator = Kill(
+        Command::new(operator_bin())
+            .arg("run")
+            .env("KUBECONFIG", &kubeconfig)
+            .env("AERUGO_DATABASE_URL", &database)
+            .env("AERUGO_REGISTRY_HOST", "registry.test")
+            .env("AERUGO_OPERATOR_ADMIN_LISTEN", &admin)
+            .env("POD_NAMESPACE", "default")
+            .env("HOSTNAME", "operator-0")
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("operator starts"),
+    );
 
     let text = std::fs::read_to_string(root.join("examples/acme.yaml")).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
@@ -151,6 +160,4 @@ async fn the_operator_binary_reconciles_examples_through_a_kubeconfig() {
     let metrics = http_raw(&admin, "GET", "/metrics").expect("metrics");
     assert!(metrics.contains("aerugo_operator_reconcile_runs_total{controller=\"repository\"}"), "{metrics}");
     assert_eq!(http_status(&admin, "GET", "/readyz"), Some(200));
-    let _ = operator.kill();
-    let _ = operator.wait();
 }

@@ -117,7 +117,7 @@ pub async fn sync(ctx: &Context, org: &Organization) -> Result<Synced<Organizati
             return Ok(Synced {
                 status: OrganizationStatus::default(),
                 readiness: Readiness::not_ready("NameTaken", format!("the name {:?} is held by {holder}", valid.name)),
-                requeue: None,
+                requeue: Some(std::time::Duration::from_secs(60)),
             });
         }
     };
@@ -125,10 +125,12 @@ pub async fn sync(ctx: &Context, org: &Organization) -> Result<Synced<Organizati
     let (unknown, _) = declared::sync_members(&tx, id, &members).await?;
     let (stored_bytes, repositories) = declared::org_usage(&tx, id).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
-    let readiness = if unknown.is_empty() {
-        Readiness::ready()
+    // Users are created outside Kubernetes (management API, bootstrap): look again soon.
+    let (readiness, requeue) = if unknown.is_empty() {
+        (Readiness::ready(), None)
     } else {
-        Readiness::not_ready("UnknownUser", format!("no registry user named {}", unknown.join(", ")))
+        let why = format!("no registry user named {}", unknown.join(", "));
+        (Readiness::not_ready("UnknownUser", why), Some(std::time::Duration::from_secs(30)))
     };
     Ok(Synced {
         status: OrganizationStatus {
@@ -137,7 +139,7 @@ pub async fn sync(ctx: &Context, org: &Organization) -> Result<Synced<Organizati
             ..Default::default()
         },
         readiness,
-        requeue: None,
+        requeue,
     })
 }
 

@@ -118,7 +118,7 @@ pub async fn sync(ctx: &Context, repo: &Repository) -> Result<Synced<RepositoryS
             return Ok(Synced {
                 status: RepositoryStatus { full_name: Some(full_name.clone()), ..Default::default() },
                 readiness: Readiness::not_ready("NameTaken", format!("{full_name:?} is held by {holder}")),
-                requeue: None,
+                requeue: Some(std::time::Duration::from_secs(60)),
             });
         }
     };
@@ -153,13 +153,12 @@ pub async fn sync(ctx: &Context, repo: &Repository) -> Result<Synced<RepositoryS
     declared::sync_grants(&tx, id, &subjects).await?;
     let (tags, bytes, last_push) = declared::repo_usage(&tx, id).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
-    let readiness = if missing.is_empty() {
-        Readiness::ready()
+    let (readiness, requeue) = if missing.is_empty() {
+        (Readiness::ready(), None)
     } else {
-        Readiness::not_ready(
-            "GrantSubjectNotFound",
-            format!("no {} (the other grants are in place)", missing.join(", ")),
-        )
+        // A key not generated yet, or a user not created yet: look again soon.
+        let why = format!("no {} (the other grants are in place)", missing.join(", "));
+        (Readiness::not_ready("GrantSubjectNotFound", why), Some(std::time::Duration::from_secs(5)))
     };
     Ok(Synced {
         status: RepositoryStatus {
@@ -171,7 +170,7 @@ pub async fn sync(ctx: &Context, repo: &Repository) -> Result<Synced<RepositoryS
             ..Default::default()
         },
         readiness,
-        requeue: None,
+        requeue,
     })
 }
 
