@@ -6,6 +6,7 @@
 //! driver only sequences them. All SQL is in `aerugo-db`.
 
 pub mod bucket;
+pub mod collector;
 pub mod context;
 pub mod controller;
 pub mod error;

@@ -35,6 +35,68 @@ struct Common {
     registry_host: String,
 }
 
+/// Blob storage, as the data plane is configured (same variables), for the garbage collector.
+#[derive(clap::Args, Clone)]
+struct Storage {
+    /// `none` (no collection), `file` or `s3`.
+    #[arg(long, env = "AERUGO_STORAGE", default_value = "none")]
+    storage: String,
+    /// Directory of the `file` backend.
+    #[arg(long, env = "AERUGO_STORAGE_PATH", default_value = "blobs")]
+    storage_path: PathBuf,
+    /// S3 endpoint.
+    #[arg(long, env = "AERUGO_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// S3 bucket.
+    #[arg(long, env = "AERUGO_S3_BUCKET", default_value = "aerugo")]
+    s3_bucket: String,
+    /// S3 region.
+    #[arg(long, env = "AERUGO_S3_REGION", default_value = "us-east-1")]
+    s3_region: String,
+    /// S3 access key id.
+    #[arg(long, env = "AERUGO_S3_ACCESS_KEY_ID", default_value = "")]
+    s3_access_key_id: String,
+    /// File holding the S3 secret access key.
+    #[arg(long, env = "AERUGO_S3_SECRET_ACCESS_KEY_FILE")]
+    s3_secret_access_key_file: Option<PathBuf>,
+    /// Path-style S3 addressing.
+    #[arg(long, env = "AERUGO_S3_PATH_STYLE", default_value_t = false)]
+    s3_path_style: bool,
+}
+
+impl Storage {
+    async fn store(&self) -> Result<Option<aerugo_storage::AnyStore>> {
+        Ok(match self.storage.as_str() {
+            "none" => None,
+            "file" => Some(aerugo_storage::AnyStore::Fs(
+                aerugo_storage::FsStore::new(&self.storage_path)
+                    .await
+                    .with_context(|| format!("opening {}", self.storage_path.display()))?,
+            )),
+            "s3" => {
+                let secret = match &self.s3_secret_access_key_file {
+                    Some(path) => {
+                        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+                    }
+                    None => bail!("AERUGO_S3_SECRET_ACCESS_KEY_FILE is required with s3 storage"),
+                };
+                Some(aerugo_storage::AnyStore::S3(aerugo_storage::S3Store::new(&aerugo_storage::S3Config {
+                    endpoint: self.s3_endpoint.clone(),
+                    bucket: self.s3_bucket.clone(),
+                    region: self.s3_region.clone(),
+                    access_key_id: self.s3_access_key_id.clone(),
+                    secret_access_key: secret.trim().to_owned(),
+                    path_style: self.s3_path_style,
+                })))
+            }
+            other => bail!("unknown storage {other:?}: none, file or s3"),
+        })
+    }
+}
+
+/// Blobs reviewed per collector transaction.
+const GC_BATCH: i64 = 100;
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers against the cluster of the current kubeconfig or service account.
@@ -56,6 +118,19 @@ enum Command {
         /// This replica's identity in the Lease.
         #[arg(long, env = "HOSTNAME", default_value = "aerugo-operator")]
         identity: String,
+        #[command(flatten)]
+        storage: Storage,
+        /// Seconds between garbage collections of unreferenced blobs (with a storage).
+        #[arg(long, env = "AERUGO_GC_INTERVAL_SECONDS", default_value_t = 600)]
+        gc_interval_seconds: u64,
+    },
+    /// Delete the blobs no repository references any more whose review delay has passed
+    /// (what `run` does periodically), once.
+    Gc {
+        #[command(flatten)]
+        database: Database,
+        #[command(flatten)]
+        storage: Storage,
     },
     /// Reconcile the Organization, Repository and ApiKey YAML files of a directory, with no
     /// cluster; ApiKey Secrets are written as manifests under --secrets-dir.
@@ -113,7 +188,27 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { common, admin_listen, resync_seconds, leader_election, lease_namespace, identity } => {
+        Command::Gc { database, storage } => {
+            let Some(store) = storage.store().await? else { bail!("no storage to collect: set AERUGO_STORAGE") };
+            let db = aerugo_db::pool(&database.database_url, 2)?;
+            let collected = aerugo_operator::collector::collect(&db, &store, GC_BATCH).await?;
+            std::io::Write::write_fmt(
+                &mut std::io::stdout(),
+                format_args!("reviewed {} queued blobs, deleted {}\n", collected.reviewed, collected.deleted),
+            )?;
+            Ok(())
+        }
+        Command::Run {
+            common,
+            admin_listen,
+            resync_seconds,
+            leader_election,
+            lease_namespace,
+            identity,
+            storage,
+            gc_interval_seconds,
+        } => {
+            let store = storage.store().await?;
             let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
             let db = aerugo_db::pool(&common.database.database_url, 8)?;
             let registry = prometheus::Registry::new();
@@ -138,7 +233,26 @@ async fn main() -> Result<()> {
                 },
                 client,
             });
-            let controllers = controller::run(cluster);
+            let collector = {
+                let db = cluster.ctx.db.clone();
+                async move {
+                    let Some(store) = store else { return std::future::pending().await };
+                    let mut every = tokio::time::interval(Duration::from_secs(gc_interval_seconds.max(1)));
+                    loop {
+                        every.tick().await;
+                        match aerugo_operator::collector::collect(&db, &store, GC_BATCH).await {
+                            Ok(c) if c.reviewed > 0 => {
+                                tracing::info!(reviewed = c.reviewed, deleted = c.deleted, "garbage collected")
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "garbage collection failed; retrying next interval"),
+                        }
+                    }
+                }
+            };
+            let controllers = async move {
+                tokio::join!(controller::run(cluster), collector);
+            };
             match leadership {
                 Some(leadership) => tokio::select! {
                     () = controllers => {}

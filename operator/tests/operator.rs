@@ -717,3 +717,44 @@ async fn one_replica_leads_at_a_time() {
 fn h_lease(emulator: &Emulator) -> Value {
     emulator.get_raw("coordination.k8s.io/v1", "leases", Some("default"), "aerugo-operator").expect("lease")
 }
+
+#[tokio::test]
+async fn the_collector_deletes_unreferenced_blobs_after_their_review() {
+    use aerugo_storage::BlobStore as _;
+
+    let url = aerugo_db::testing::fresh_database().await.expect("database");
+    let db = aerugo_db::pool(&url, 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = aerugo_storage::AnyStore::Fs(aerugo_storage::FsStore::new(dir.path()).await.unwrap());
+    let hex = |c: char| std::iter::repeat_n(c, 64).collect::<String>();
+    let key = |c: char| format!("blobs/sha256/{c}{c}/{}", hex(c));
+    for c in ['a', 'b', 'c'] {
+        let path = dir.path().join(key(c));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"layer").unwrap();
+    }
+    let conn = db.get().await.unwrap();
+    // `a` is unreferenced and due; `b` is due but a repository links it again; `c` is not due.
+    conn.batch_execute(&format!(
+        "INSERT INTO organizations (name) VALUES ('o');
+         INSERT INTO repositories (org_id, name) SELECT id, 'o/r' FROM organizations;
+         INSERT INTO blobs (digest, size, storage_key) VALUES ('sha256:{a}', 5, '{ka}'), ('sha256:{b}', 5, '{kb}'), ('sha256:{c}', 5, '{kc}');
+         INSERT INTO repository_blobs (repository_id, digest) SELECT id, 'sha256:{b}' FROM repositories;
+         INSERT INTO gc_blob_review_queue (digest, review_after, event) VALUES
+             ('sha256:{a}', now() - interval '1 minute', 'test'), ('sha256:{b}', now() - interval '1 minute', 'test'),
+             ('sha256:{c}', now() + interval '1 day', 'test');",
+        a = hex('a'), b = hex('b'), c = hex('c'), ka = key('a'), kb = key('b'), kc = key('c'),
+    ))
+    .await
+    .unwrap();
+    let collected = aerugo_operator::collector::collect(&db, &store, 1).await.expect("collect");
+    assert_eq!((collected.reviewed, collected.deleted), (2, 1));
+    assert_eq!(store.size(&key('a')).await.unwrap(), None, "the unreferenced object is gone");
+    assert_eq!(store.size(&key('b')).await.unwrap(), Some(5), "a referenced blob stays");
+    assert_eq!(store.size(&key('c')).await.unwrap(), Some(5), "a blob still in review stays");
+    let rows: Vec<String> =
+        conn.query("SELECT digest FROM blobs ORDER BY 1", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(rows, [format!("sha256:{}", hex('b')), format!("sha256:{}", hex('c'))]);
+    let queued: i64 = conn.query_one("SELECT COUNT(*) FROM gc_blob_review_queue", &[]).await.unwrap().get(0);
+    assert_eq!(queued, 1, "only the entry still in review is left");
+}

@@ -211,15 +211,15 @@ pub async fn blob_by_repository_name(
     }))
 }
 
-/// Records a completed blob (idempotent: content-addressed rows never change).
-pub async fn insert_blob(client: &impl GenericClient, digest: &str, size: i64, storage_key: &str) -> Result<()> {
+/// Records a completed blob (idempotent: content-addressed rows never change). Returns
+/// whether the row is new.
+pub async fn insert_blob(client: &impl GenericClient, digest: &str, size: i64, storage_key: &str) -> Result<bool> {
     let stmt = client
         .prepare_cached(
             "INSERT INTO blobs (digest, size, storage_key) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
         )
         .await?;
-    client.execute(&stmt, &[&digest, &size, &storage_key]).await?;
-    Ok(())
+    Ok(client.execute(&stmt, &[&digest, &size, &storage_key]).await? > 0)
 }
 
 /// Makes `digest` readable in the repository (idempotent).

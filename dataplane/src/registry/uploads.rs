@@ -264,7 +264,15 @@ impl Registry {
         let key = self.store.complete_upload(written.writer, digest).await?;
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
-        registry::insert_blob(&tx, digest.as_str(), size, &key).await?;
+        // A new row while the object may have been there before us (completion keeps an existing
+        // object instead of writing it again): make sure the garbage collector did not delete
+        // that object while this upload completed. If it did, nothing is published and the
+        // client uploads again.
+        if registry::insert_blob(&tx, digest.as_str(), size, &key).await? && self.store.size(&key).await?.is_none() {
+            return Err(RegistryError::Unavailable(format!(
+                "blob {digest} was collected while this upload completed; upload it again"
+            )));
+        }
         registry::link_blob(&tx, repo.id, digest.as_str()).await?;
         actor.record(&tx, "blob.push", repo, json!({ "digest": digest, "size": size })).await?;
         tx.commit().await.map_err(aerugo_db::Error::from)?;
