@@ -252,10 +252,26 @@ pub async fn run(cluster: Arc<ClusterContext>) {
             .run(reconcile::<Registry>, error_policy::<Registry>, cluster)
             .for_each(|_| async {})
     };
-    tokio::join!(
-        controller::<Organization>(cluster.clone()),
-        controller::<Repository>(cluster.clone()),
-        keys,
-        registries
-    );
+    // Repositories whose grants name an ApiKey follow its rotations: a changed ApiKey requeues them.
+    let repositories = {
+        let cluster = cluster.clone();
+        let repositories = Controller::new(Api::<Repository>::all(cluster.client.clone()), watcher::Config::default());
+        let known = repositories.store();
+        repositories
+            .watches(Api::<ApiKey>::all(cluster.client.clone()), watcher::Config::default(), move |key: ApiKey| {
+                let (namespace, name) = (key.namespace(), key.name_any());
+                known
+                    .state()
+                    .into_iter()
+                    .filter(|r| {
+                        r.namespace() == namespace
+                            && r.spec.grants.iter().any(|g| g.api_key_ref.as_ref().is_some_and(|k| k.name == name))
+                    })
+                    .map(|r| kube::runtime::reflector::ObjectRef::from_obj(r.as_ref()))
+                    .collect::<Vec<_>>()
+            })
+            .run(reconcile::<Repository>, error_policy::<Repository>, cluster)
+            .for_each(|_| async {})
+    };
+    tokio::join!(controller::<Organization>(cluster.clone()), repositories, keys, registries);
 }

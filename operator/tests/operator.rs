@@ -26,6 +26,10 @@ struct Harness {
 }
 
 async fn start() -> Harness {
+    start_with(Duration::from_secs(2)).await
+}
+
+async fn start_with(resync: Duration) -> Harness {
     let url = aerugo_db::testing::fresh_database().await.expect("database");
     let db = aerugo_db::pool(&url, 4).expect("pool");
     let client_db = db.get().await.expect("connection");
@@ -47,7 +51,7 @@ async fn start() -> Harness {
         ctx: Context {
             db: db.clone(),
             world: World::Cluster(client.clone()),
-            settings: Settings { registry_host: "registry.test:5000".into(), resync: Duration::from_secs(2) },
+            settings: Settings { registry_host: "registry.test:5000".into(), resync },
             metrics: Metrics::new(&prometheus::Registry::new()).expect("metrics"),
             failures: Mutex::default(),
         },
@@ -757,4 +761,49 @@ async fn the_collector_deletes_unreferenced_blobs_after_their_review() {
     assert_eq!(rows, [format!("sha256:{}", hex('b')), format!("sha256:{}", hex('c'))]);
     let queued: i64 = conn.query_one("SELECT COUNT(*) FROM gc_blob_review_queue", &[]).await.unwrap().get(0);
     assert_eq!(queued, 1, "only the entry still in review is left");
+}
+
+#[tokio::test]
+async fn grants_follow_a_key_rotation() {
+    // No resync within the test: only the ApiKey watch can move the grant.
+    let h = start_with(Duration::from_secs(300)).await;
+    create(&h, "team", org("acme", json!({}))).await;
+    wait_reason::<Organization>(&h, "team", "acme", "True", "Reconciled").await;
+    create(
+        &h,
+        "team",
+        key("puller", json!({ "organizationRef": { "name": "acme" }, "scopes": [{ "repositories": "*", "actions": ["Pull"] }], "secretType": "Opaque" })),
+    )
+    .await;
+    wait_reason::<ApiKey>(&h, "team", "puller", "True", "Reconciled").await;
+    create(&h, "team", repo("app", json!({ "organizationRef": { "name": "acme" }, "grants": [{ "apiKeyRef": { "name": "puller" }, "access": "Pull" }] }))).await;
+    wait_reason::<Repository>(&h, "team", "app", "True", "Reconciled").await;
+    let granted = |db: aerugo_db::Pool| async move {
+        let conn = db.get().await.unwrap();
+        conn.query(
+            "SELECT k.key_id FROM repository_grants g JOIN api_keys k ON k.id = g.subject_id WHERE g.subject_kind = 'api_key' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+    };
+    // Let the Repository settle (its own status write causes one more reconcile).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = granted(h.db.clone()).await;
+    assert_eq!(before.len(), 1);
+    // The key's Secret is lost: a new key replaces the old one, and the grant moves with it.
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), "team");
+    secrets.delete("puller", &DeleteParams::default()).await.unwrap();
+    let mut moved = Vec::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        moved = granted(h.db.clone()).await;
+        if moved.len() == 1 && moved != before {
+            break;
+        }
+    }
+    assert!(moved.len() == 1 && moved != before, "the grant follows the new key: {before:?} → {moved:?}");
 }
