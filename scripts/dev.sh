@@ -156,7 +156,8 @@ cmd_run() {
   # The tenants of examples/ (organization acme in namespace team, its repositories and keys),
   # reconciled in file mode: ApiKey Secrets land in .aerugo/secrets/<namespace>/<name>.yaml.
   log "applying examples/ (aerugo-operator apply, file mode)"
-  AERUGO_REGISTRY_HOST=$AERUGO_LISTEN "$CARGO_TARGET_DIR/release/aerugo-operator" apply -f "$ROOT/examples" --secrets-dir "$STATE/secrets"
+  AERUGO_REGISTRY_HOST=$AERUGO_LISTEN "$CARGO_TARGET_DIR/release/aerugo-operator" apply -f "$ROOT/examples" --secrets-dir "$STATE/secrets" ||
+    log "some objects of examples/ are not Ready (reasons above); serving anyway"
   local password
   password=$(cat "$password_file")
   log "registry at http://$AERUGO_LISTEN (storage: $AERUGO_STORAGE) — Ctrl-C to stop"
