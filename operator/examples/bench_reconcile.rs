@@ -7,14 +7,12 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::print_stdout)] // a benchmark's output is its point
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aerugo_crds::Repository;
 use aerugo_kube_emulator::{Emulator, Verb};
-use aerugo_operator::context::{Context, Metrics, Settings};
+use aerugo_operator::context::{Metrics, Settings};
 use aerugo_operator::controller::{self, ClusterContext};
-use aerugo_operator::world::World;
 use serde_json::json;
 
 fn ready(r: &Repository) -> bool {
@@ -41,17 +39,9 @@ async fn main() {
     emulator.install_crds_from(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")).unwrap();
     emulator.seed(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "bench" } })).unwrap();
     let client = emulator.client();
-    let cluster = Arc::new(ClusterContext {
-        recorder: kube::runtime::events::Recorder::new(client.clone(), "aerugo-operator".into()),
-        ctx: Context {
-            db: db.clone(),
-            world: World::Cluster(client.clone()),
-            settings: Settings { registry_host: "bench".into(), resync },
-            metrics: Metrics::new(&prometheus::Registry::new()).unwrap(),
-            failures: Mutex::default(),
-        },
-        client: client.clone(),
-    });
+    let settings = Settings { registry_host: "bench".into(), resync };
+    let cluster =
+        ClusterContext::new(client.clone(), db.clone(), settings, Metrics::new(&prometheus::Registry::new()).unwrap());
     tokio::spawn(controller::run(cluster));
     emulator
         .seed(json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": "Organization", "metadata": { "name": "bench", "namespace": "bench" }, "spec": {} }))

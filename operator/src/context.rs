@@ -64,6 +64,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// A context over `db` and `world`.
+    pub fn new(db: aerugo_db::Pool, world: World, settings: Settings, metrics: Metrics) -> Self {
+        Context { db, world, settings, metrics, failures: Mutex::default() }
+    }
+
     /// The delay before retrying an object that failed `n` times in a row: 1 s doubling to 5 min.
     pub fn backoff(&self, uid: &str) -> Duration {
         let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

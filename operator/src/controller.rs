@@ -156,6 +156,23 @@ pub struct ClusterContext {
     pub recorder: Recorder,
 }
 
+impl ClusterContext {
+    /// The context the cluster controllers share: `client` is the cluster, events are
+    /// reported as `aerugo-operator`.
+    pub fn new(
+        client: Client,
+        db: aerugo_db::Pool,
+        settings: crate::context::Settings,
+        metrics: crate::context::Metrics,
+    ) -> Arc<Self> {
+        Arc::new(ClusterContext {
+            recorder: Recorder::new(client.clone(), "aerugo-operator".into()),
+            ctx: Context::new(db, crate::world::World::Cluster(client.clone()), settings, metrics),
+            client,
+        })
+    }
+}
+
 async fn apply<K: Kind>(obj: Arc<K>, cluster: &ClusterContext) -> Result<Action> {
     let ctx = &cluster.ctx;
     let outcome = sync_once(obj.as_ref(), ctx).await;

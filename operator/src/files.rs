@@ -132,7 +132,7 @@ pub async fn apply(db: aerugo_db::Pool, dir: &Path, secrets_dir: PathBuf, settin
     };
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).map_err(|e| Error::Io(e.to_string()))?;
-    let ctx = Context { db, world: World::Files(files), settings, metrics, failures: Mutex::default() };
+    let ctx = Context::new(db, World::Files(files), settings, metrics);
     let mut out = Vec::new();
     reconcile_all(&ctx, &orgs, &mut out).await;
     reconcile_all(&ctx, &keys, &mut out).await;

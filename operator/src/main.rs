@@ -2,13 +2,11 @@
 //! cluster), `crd` (print or write the CRD YAML) and `migrate`.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aerugo_operator::context::{Context, Metrics, Settings};
+use aerugo_operator::context::{Metrics, Settings};
 use aerugo_operator::controller::{self, ClusterContext};
 use aerugo_operator::leader::Leadership;
-use aerugo_operator::world::World;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
@@ -222,17 +220,7 @@ async fn main() -> Result<()> {
             } else {
                 None
             };
-            let cluster = Arc::new(ClusterContext {
-                recorder: kube::runtime::events::Recorder::new(client.clone(), "aerugo-operator".into()),
-                ctx: Context {
-                    db,
-                    world: World::Cluster(client.clone()),
-                    settings,
-                    metrics,
-                    failures: Mutex::default(),
-                },
-                client,
-            });
+            let cluster = ClusterContext::new(client, db, settings, metrics);
             let collector = {
                 let db = cluster.ctx.db.clone();
                 async move {

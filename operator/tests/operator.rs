@@ -5,14 +5,13 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail by panicking
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use aerugo_crds::{ApiKey, Organization, Repository};
 use aerugo_kube_emulator::{Emulator, Fault, Verb};
-use aerugo_operator::context::{Context, Metrics, Settings};
+use aerugo_operator::context::{Metrics, Settings};
 use aerugo_operator::controller::{self, ClusterContext};
-use aerugo_operator::world::World;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -46,17 +45,9 @@ async fn start_with(resync: Duration) -> Harness {
             .expect("namespace");
     }
     let client = emulator.client();
-    let cluster = Arc::new(ClusterContext {
-        recorder: kube::runtime::events::Recorder::new(client.clone(), "aerugo-operator".into()),
-        ctx: Context {
-            db: db.clone(),
-            world: World::Cluster(client.clone()),
-            settings: Settings { registry_host: "registry.test:5000".into(), resync },
-            metrics: Metrics::new(&prometheus::Registry::new()).expect("metrics"),
-            failures: Mutex::default(),
-        },
-        client: client.clone(),
-    });
+    let settings = Settings { registry_host: "registry.test:5000".into(), resync };
+    let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
+    let cluster = ClusterContext::new(client.clone(), db.clone(), settings, metrics);
     tokio::spawn(controller::run(cluster));
     Harness { emulator, db, client }
 }
@@ -66,6 +57,7 @@ async fn create(h: &Harness, namespace: &str, object: Value) {
     let plural = match kind.as_str() {
         "Organization" => "organizations",
         "Repository" => "repositories",
+        "Registry" => "registries",
         _ => "apikeys",
     };
     let gvk = kube::api::GroupVersionKind::gvk("aerugo.io", "v1alpha1", &kind);
@@ -394,13 +386,7 @@ async fn a_registry_becomes_a_data_plane_deployment() {
             "databaseSecret": { "name": "db" },
         },
     });
-    let gvk = kube::api::GroupVersionKind::gvk("aerugo.io", "v1alpha1", "Registry");
-    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        h.client.clone(),
-        "team",
-        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "registries"),
-    );
-    api.create(&PostParams::default(), &serde_json::from_value(registry).unwrap()).await.expect("create");
+    create(&h, "team", registry).await;
     wait_reason::<aerugo_crds::Registry>(&h, "team", "main", "False", "MigrationPending").await;
 
     let get = |name: &str| h.emulator.get::<Deployment>(Some("team"), name);
@@ -441,6 +427,7 @@ async fn a_registry_becomes_a_data_plane_deployment() {
     services.delete("main", &DeleteParams::default()).await.unwrap();
     h.emulator.wait_for::<Service, _>(Some("team"), "main", WAIT, |s| s.is_some()).await.expect("service recreated");
     // A new image: a new migration Job; autoscaling: an HPA owns the replica count.
+    let api: Api<aerugo_crds::Registry> = Api::namespaced(h.client.clone(), "team");
     api.patch(
         "main",
         &PatchParams::default(),
@@ -517,17 +504,8 @@ async fn a_database_outage_is_reported_and_recovered_from() {
     // Nothing listens on port 9: every connection fails.
     let down = aerugo_db::pool("postgres://postgres@127.0.0.1:9/none", 2).expect("pool");
     let cluster = |db: aerugo_db::Pool| {
-        Arc::new(ClusterContext {
-            recorder: kube::runtime::events::Recorder::new(client.clone(), "aerugo-operator".into()),
-            ctx: Context {
-                db,
-                world: World::Cluster(client.clone()),
-                settings: Settings { registry_host: "r".into(), resync: Duration::from_secs(2) },
-                metrics: Metrics::new(&prometheus::Registry::new()).expect("metrics"),
-                failures: Mutex::default(),
-            },
-            client: client.clone(),
-        })
+        let settings = Settings { registry_host: "r".into(), resync: Duration::from_secs(2) };
+        ClusterContext::new(client.clone(), db, settings, Metrics::new(&prometheus::Registry::new()).expect("metrics"))
     };
     let running = tokio::spawn(controller::run(cluster(down)));
     let h = Harness { emulator: emulator.clone(), db: pool, client: client.clone() };
@@ -551,13 +529,7 @@ async fn registry_on(h: &Harness, name: &str, storage: Value, access_key: &str, 
         "apiVersion": "aerugo.io/v1alpha1", "kind": "Registry", "metadata": { "name": name },
         "spec": { "image": "aerugo/dataplane:1", "storage": storage, "databaseSecret": { "name": "db" } },
     });
-    let gvk = kube::api::GroupVersionKind::gvk("aerugo.io", "v1alpha1", "Registry");
-    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        h.client.clone(),
-        "team",
-        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "registries"),
-    );
-    api.create(&PostParams::default(), &serde_json::from_value(registry).unwrap()).await.expect("create");
+    create(h, "team", registry).await;
     wait_reason::<aerugo_crds::Registry>(h, "team", name, "False", "MigrationPending").await;
 }
 
@@ -673,13 +645,7 @@ async fn storage_down_stops_a_registry_before_its_children() {
         "spec": { "image": "aerugo/dataplane:1", "databaseSecret": { "name": "db" },
                   "storage": { "endpoint": "http://127.0.0.1:9", "bucket": "blobs", "credentialsSecret": "s3" } },
     });
-    let gvk = kube::api::GroupVersionKind::gvk("aerugo.io", "v1alpha1", "Registry");
-    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
-        h.client.clone(),
-        "team",
-        &kube::api::ApiResource::from_gvk_with_plural(&gvk, "registries"),
-    );
-    api.create(&PostParams::default(), &serde_json::from_value(registry).unwrap()).await.unwrap();
+    create(&h, "team", registry).await;
     let down: aerugo_crds::Registry = wait_reason(&h, "team", "main", "False", "StorageUnavailable").await;
     assert!(down.status.unwrap().conditions[0].message.contains("HeadBucket"));
     assert!(h.emulator.get::<Deployment>(Some("team"), "main").is_none(), "nothing deployed without its storage");

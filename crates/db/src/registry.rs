@@ -17,6 +17,8 @@ pub struct Repository {
     pub name: String,
     /// `private` or `public`.
     pub visibility: String,
+    /// Tag patterns (globs) whose tags never move once pushed.
+    pub immutable_tag_patterns: Vec<String>,
 }
 
 impl From<Row> for Repository {
@@ -26,6 +28,7 @@ impl From<Row> for Repository {
             org_id: row.get("org_id"),
             name: row.get("name"),
             visibility: row.get("visibility"),
+            immutable_tag_patterns: row.get("immutable_tag_patterns"),
         }
     }
 }
@@ -148,7 +151,10 @@ pub async fn ensure_organization(client: &impl GenericClient, name: &str) -> Res
 /// Looks a repository up by full name.
 pub async fn find_repository(client: &impl GenericClient, name: &str) -> Result<Option<Repository>> {
     let stmt = client
-        .prepare_cached("SELECT id, org_id, name, visibility FROM repositories WHERE name = $1 AND deleted_at IS NULL")
+        .prepare_cached(
+            "SELECT id, org_id, name, visibility, immutable_tag_patterns FROM repositories
+             WHERE name = $1 AND deleted_at IS NULL",
+        )
         .await?;
     Ok(client.query_opt(&stmt, &[&name]).await?.map(Repository::from))
 }
@@ -161,7 +167,7 @@ pub async fn ensure_repository(client: &impl GenericClient, org_id: i64, name: &
             "INSERT INTO repositories (org_id, name, visibility, managed_by)
              SELECT $1, $2, o.default_visibility, 'api' FROM organizations o WHERE o.id = $1
              ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-             RETURNING id, org_id, name, visibility",
+             RETURNING id, org_id, name, visibility, immutable_tag_patterns",
         )
         .await?;
     Ok(client.query_one(&stmt, &[&org_id, &name]).await?.into())
@@ -370,12 +376,6 @@ pub async fn put_tag(client: &impl GenericClient, repository_id: i64, tag: &str,
         .await?;
     client.execute(&stmt, &[&repository_id, &tag, &manifest_id]).await?;
     Ok(())
-}
-
-/// The repository's immutable tag patterns (globs).
-pub async fn immutable_tag_patterns(client: &impl GenericClient, repository_id: i64) -> Result<Vec<String>> {
-    let stmt = client.prepare_cached("SELECT immutable_tag_patterns FROM repositories WHERE id = $1").await?;
-    Ok(client.query_opt(&stmt, &[&repository_id]).await?.map(|r| r.get(0)).unwrap_or_default())
 }
 
 /// Creates `tag` on `manifest_id` unless it exists: an immutable tag never moves. Returns the

@@ -118,24 +118,31 @@ pub fn ownable(object: &Value) -> Value {
 pub fn fields_of(value: &Value, shapes: Shapes<'_>) -> FieldSet {
     let mut out = FieldSet::new();
     if let Some(map) = value.as_object() {
-        for (k, v) in map {
-            collect(v, &mut vec![k.clone()], &mut vec![format!("f:{k}")], shapes, &mut out);
-        }
+        collect_map(map, &mut Vec::new(), &mut Vec::new(), shapes, &mut out);
     }
     out
 }
 
+/// The fields of each member of `map`, under `names` / `path`.
+fn collect_map(
+    map: &Map<String, Value>,
+    names: &mut Vec<String>,
+    path: &mut FieldPath,
+    shapes: Shapes<'_>,
+    out: &mut FieldSet,
+) {
+    for (k, v) in map {
+        names.push(k.clone());
+        path.push(format!("f:{k}"));
+        collect(v, names, path, shapes, out);
+        path.pop();
+        names.pop();
+    }
+}
+
 fn collect(value: &Value, names: &mut Vec<String>, path: &mut FieldPath, shapes: Shapes<'_>, out: &mut FieldSet) {
     match value {
-        Value::Object(map) if !map.is_empty() => {
-            for (k, v) in map {
-                names.push(k.clone());
-                path.push(format!("f:{k}"));
-                collect(v, names, path, shapes, out);
-                path.pop();
-                names.pop();
-            }
-        }
+        Value::Object(map) if !map.is_empty() => collect_map(map, names, path, shapes, out),
         Value::Array(items) if !items.is_empty() => match shapes.list_type(names, items.first()) {
             ListType::Map(keys) => {
                 for item in items {
@@ -144,13 +151,7 @@ fn collect(value: &Value, names: &mut Vec<String>, path: &mut FieldPath, shapes:
                     own.push(".".into());
                     out.insert(own);
                     if let Some(map) = item.as_object() {
-                        for (k, v) in map {
-                            names.push(k.clone());
-                            path.push(format!("f:{k}"));
-                            collect(v, names, path, shapes, out);
-                            path.pop();
-                            names.pop();
-                        }
+                        collect_map(map, names, path, shapes, out);
                     }
                     path.pop();
                 }

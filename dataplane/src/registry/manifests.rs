@@ -85,8 +85,7 @@ impl Registry {
         )
         .await?;
         if let Reference::Tag(tag) = reference {
-            let patterns = registry::immutable_tag_patterns(&tx, repo.id).await?;
-            match immutable_by(&patterns, tag.as_str()) {
+            match immutable_by(&repo.immutable_tag_patterns, tag.as_str()) {
                 Some(pattern) => {
                     if let Some(current) = registry::put_tag_once(&tx, repo.id, tag.as_str(), id).await? {
                         return Err(RegistryError::ImmutableTag(format!(
@@ -115,12 +114,13 @@ impl Registry {
         let mut client = self.client().await?;
         let repo = self.repository(&client, name).await?;
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
-        let patterns = registry::immutable_tag_patterns(&tx, repo.id).await?;
         let tags = match reference {
             Reference::Tag(tag) => vec![tag.as_str().to_owned()],
             Reference::Digest(digest) => registry::tags_on(&tx, repo.id, digest.as_str()).await?,
         };
-        if let Some((tag, pattern)) = tags.iter().find_map(|t| immutable_by(&patterns, t).map(|p| (t, p))) {
+        if let Some((tag, pattern)) =
+            tags.iter().find_map(|t| immutable_by(&repo.immutable_tag_patterns, t).map(|p| (t, p)))
+        {
             return Err(RegistryError::ImmutableTag(format!(
                 "tag {tag} of {name} is immutable (pattern {pattern:?}) and cannot be deleted"
             )));
