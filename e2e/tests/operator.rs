@@ -140,7 +140,7 @@ async fn the_operator_binary_reconciles_examples_through_a_kubeconfig() {
             .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    for doc in &docs {
+    for doc in docs.iter().filter(|d| d["apiVersion"] == "aerugo.io/v1alpha1") {
         let plural = match doc["kind"].as_str().unwrap() {
             "Organization" => "organizations",
             "Repository" => "repositories",

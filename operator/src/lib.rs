@@ -9,6 +9,7 @@ pub mod bucket;
 pub mod collector;
 pub mod context;
 pub mod controller;
+pub mod defaults;
 pub mod error;
 pub mod files;
 pub mod key;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aerugo_operator::context::{Metrics, Settings};
 use aerugo_operator::controller::{self, ClusterContext};
+use aerugo_operator::defaults::DefaultRegistry;
 use aerugo_operator::leader::Leadership;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -121,6 +122,12 @@ enum Command {
         /// Seconds between garbage collections of unreferenced blobs (with a storage).
         #[arg(long, env = "AERUGO_GC_INTERVAL_SECONDS", default_value_t = 600)]
         gc_interval_seconds: u64,
+        /// A Registry manifest to apply once leading (the Helm chart's default Registry).
+        #[arg(long, env = "AERUGO_DEFAULT_REGISTRY_FILE")]
+        default_registry_file: Option<PathBuf>,
+        /// The ConfigMap (in the operator's namespace) holding that manifest: the Registry's owner.
+        #[arg(long, env = "AERUGO_DEFAULT_REGISTRY_CONFIGMAP")]
+        default_registry_configmap: Option<String>,
     },
     /// Delete the blobs no repository references any more whose review delay has passed
     /// (what `run` does periodically), once.
@@ -142,11 +149,11 @@ enum Command {
         #[arg(long, env = "AERUGO_SECRETS_DIR", default_value = "secrets")]
         secrets_dir: PathBuf,
     },
-    /// Print the CRDs as YAML, or write one file per CRD into --out.
+    /// Print the CRDs as YAML, or write one file per CRD into each --out directory.
     Crd {
-        /// A directory to write `<name>.yaml` files into.
+        /// A directory to write `<name>.yaml` files into (repeatable).
         #[arg(long)]
-        out: Option<PathBuf>,
+        out: Vec<PathBuf>,
     },
     /// Apply pending database migrations.
     Migrate {
@@ -205,6 +212,8 @@ async fn main() -> Result<()> {
             identity,
             storage,
             gc_interval_seconds,
+            default_registry_file,
+            default_registry_configmap,
         } => {
             let store = storage.store().await?;
             let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
@@ -219,6 +228,19 @@ async fn main() -> Result<()> {
                 Some(Leadership::acquire(client.clone(), &lease_namespace, "aerugo-operator", &identity).await?)
             } else {
                 None
+            };
+            let defaults = {
+                let default = default_registry_file.map(|file| DefaultRegistry {
+                    file,
+                    configmap: default_registry_configmap,
+                    namespace: lease_namespace.clone(),
+                });
+                let client = client.clone();
+                async move {
+                    if let Some(default) = default {
+                        aerugo_operator::defaults::keep_applying(client, default).await;
+                    }
+                }
             };
             let cluster = ClusterContext::new(client, db, settings, metrics);
             let collector = {
@@ -239,7 +261,7 @@ async fn main() -> Result<()> {
                 }
             };
             let controllers = async move {
-                tokio::join!(controller::run(cluster), collector);
+                tokio::join!(controller::run(cluster), collector, defaults);
             };
             match leadership {
                 Some(leadership) => tokio::select! {
@@ -258,17 +280,15 @@ async fn main() -> Result<()> {
     }
 }
 
-fn crd(out: Option<PathBuf>) -> Result<()> {
-    match out {
-        Some(dir) => {
-            for (file, yaml) in aerugo_crds::files() {
-                std::fs::write(dir.join(&file), yaml).with_context(|| format!("writing {file}"))?;
-                eprintln!("wrote {}", dir.join(&file).display());
-            }
-        }
-        None => {
-            let all: Vec<String> = aerugo_crds::files().into_iter().map(|(_, yaml)| yaml).collect();
-            std::io::Write::write_all(&mut std::io::stdout(), all.join("---\n").as_bytes())?;
+fn crd(out: Vec<PathBuf>) -> Result<()> {
+    if out.is_empty() {
+        let all: Vec<String> = aerugo_crds::files().into_iter().map(|(_, yaml)| yaml).collect();
+        std::io::Write::write_all(&mut std::io::stdout(), all.join("---\n").as_bytes())?;
+    }
+    for dir in out {
+        for (file, yaml) in aerugo_crds::files() {
+            std::fs::write(dir.join(&file), yaml).with_context(|| format!("writing {file}"))?;
+            eprintln!("wrote {}", dir.join(&file).display());
         }
     }
     Ok(())

@@ -90,6 +90,8 @@ pub struct RequestRecord {
     pub patch: Option<&'static str>,
     /// The HTTP status answered (200 for a watch that started).
     pub code: u16,
+    /// The `User-Agent` header, as an audit log records it: tells clients apart.
+    pub user_agent: Option<String>,
 }
 
 /// Fails the next matching requests (test hook).
@@ -326,6 +328,51 @@ impl Emulator {
         state.store.get(&ty, namespace.unwrap_or(""), name).ok().map(|o| relabel(o, &ty))
     }
 
+    /// The stored objects of `group/version/plural` in `namespace` (every namespace when
+    /// `None`), read past the API: no request is recorded. How a test plays another cluster
+    /// component (a kubelet, the Deployment controller) beside the one under test.
+    pub fn list_raw(&self, api_version: &str, plural: &str, namespace: Option<&str>) -> Vec<Value> {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let state = self.state();
+        let Some(ty) = state.store.resource_type(group, version, plural).cloned() else { return Vec::new() };
+        let options = ListOptions::default();
+        state
+            .store
+            .list(&ty, namespace, &options)
+            .map(|page| page.items.into_iter().map(|o| relabel(o, &ty)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Merge-patches the status of an object past the API (no request recorded), as the
+    /// component that owns that status in a cluster would: watchers see the change.
+    pub fn merge_status(
+        &self,
+        api_version: &str,
+        plural: &str,
+        namespace: Option<&str>,
+        name: &str,
+        status: Value,
+    ) -> Result<Value, ApiError> {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let mut state = self.state();
+        let ty = state
+            .store
+            .resource_type(group, version, plural)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(group, plural, name))?;
+        let result = state.store.patch(
+            &ty,
+            namespace.unwrap_or(""),
+            name,
+            PatchKind::Merge,
+            &json!({ "status": status }),
+            Subresource::Status,
+            &WriteOptions::default(),
+        );
+        self.publish(&mut state);
+        result.map(|o| relabel(o, &ty))
+    }
+
     /// The stored object `name` as a `K`.
     pub fn get<K>(&self, namespace: Option<&str>, name: &str) -> Option<K>
     where
@@ -509,6 +556,7 @@ impl Emulator {
             field_manager: field_manager.clone(),
             patch: patch.flatten(),
             code: 200,
+            user_agent: parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
         };
         let injected = {
             let mut state = self.state();
