@@ -194,9 +194,10 @@ cmd_run() {
   export AERUGO_TOKEN_KEY_FILE=${AERUGO_TOKEN_KEY_FILE:-$STATE/token.key}
   [ -s "$AERUGO_TOKEN_KEY_FILE" ] || "$bin" keygen --out "$AERUGO_TOKEN_KEY_FILE"
   # The tenants of examples/ (organization acme in namespace team, its repositories and keys),
-  # reconciled in file mode: ApiKey Secrets land in .aerugo/secrets/<namespace>/<name>.yaml.
+  # reconciled in file mode: ApiKey Secrets land in .aerugo/secrets/<namespace>/<name>.yaml;
+  # what was removed from examples/ since the last run is pruned.
   log "applying examples/ (aerugo-operator apply, file mode)"
-  AERUGO_REGISTRY_HOST=$AERUGO_LISTEN "$CARGO_TARGET_DIR/release/aerugo-operator" apply -f "$ROOT/examples" --secrets-dir "$STATE/secrets" ||
+  AERUGO_REGISTRY_HOST=$AERUGO_LISTEN "$CARGO_TARGET_DIR/release/aerugo-operator" apply -f "$ROOT/examples" --secrets-dir "$STATE/secrets" --prune ||
     log "some objects of examples/ are not Ready (reasons above); serving anyway"
   local password
   password=$(cat "$password_file")

@@ -217,6 +217,56 @@ pub fn run(cmd: &mut Command) -> Output {
     output
 }
 
+/// Uploads `blob` to `repo` in three requests with curl and Basic `credentials`, each sent to
+/// its own node of one registry: `[POST, PATCH, PUT]` — the PATCH carries the first `split`
+/// bytes, the final PUT the rest. Returns the blob's digest; panics unless the PATCH answers
+/// 202 and the PUT 201.
+pub fn upload_across(credentials: &str, nodes: [&str; 3], repo: &str, blob: &[u8], split: usize) -> String {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    std::fs::write(&first, &blob[..split]).unwrap_or_else(|e| panic!("write: {e}"));
+    std::fs::write(&second, &blob[split..]).unwrap_or_else(|e| panic!("write: {e}"));
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(blob)));
+    let curl = |args: &[&str]| {
+        let out = run(Command::new("curl")
+            .args(["-sS", "-u", credentials, "-H", "Expect:", "-D", "-", "-o", "/dev/null"])
+            .args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let location = |headers: &str| {
+        headers
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().starts_with("location:").then(|| l[9..].trim().to_owned()))
+            .unwrap_or_else(|| panic!("no Location in {headers}"))
+    };
+    let started = curl(&["-X", "POST", &format!("http://{}/v2/{repo}/blobs/uploads/", nodes[0])]);
+    let range = format!("Content-Range: 0-{}", split - 1);
+    let patched = curl(&[
+        "-X",
+        "PATCH",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-H",
+        &range,
+        "--data-binary",
+        &format!("@{}", first.display()),
+        &format!("http://{}{}", nodes[1], location(&started)),
+    ]);
+    assert!(patched.starts_with("HTTP/1.1 202"), "{patched}");
+    let put = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", second.display()),
+        &format!("http://{}{}?digest={digest}", nodes[2], location(&patched)),
+    ]);
+    assert!(put.starts_with("HTTP/1.1 201"), "{put}");
+    digest
+}
+
 /// Writes an OCI layout with `make_oci_layout.py`; returns the top manifest digest.
 pub fn oci_layout(dir: &Path, platforms: &str, layer_bytes: usize, seed: u32) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/make_oci_layout.py");

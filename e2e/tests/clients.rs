@@ -205,58 +205,10 @@ async fn upload_begun_on_one_node_is_finished_on_another() {
     }
     let database = fresh_database().await;
     let (a, b) = (Server::start(&database, Storage::S3), Server::start(&database, Storage::S3));
-    let work = tempfile::tempdir().expect("tempdir");
     let data: Vec<u8> = (0..7_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let (first, second) = data.split_at(4_000_000);
-    let (p1, p2) = (work.path().join("p1"), work.path().join("p2"));
-    std::fs::write(&p1, first).expect("write");
-    std::fs::write(&p2, second).expect("write");
     let admin = format!("{ADMIN_USER}:{ADMIN_PASSWORD}");
-    let curl = |args: &[&str]| {
-        String::from_utf8_lossy(
-            &run(Command::new("curl")
-                .args(["-sS", "-u", &admin, "-H", "Expect:", "-D", "-", "-o", "/dev/null"])
-                .args(args))
-            .stdout,
-        )
-        .into_owned()
-    };
-    let location = |headers: &str| {
-        headers
-            .lines()
-            .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
-            .expect("location header")
-            .trim()
-            .to_owned()
-    };
-    let started = curl(&["-X", "POST", &format!("http://{}/v2/nodes/app/blobs/uploads/", a.host)]);
-    let path = location(&started);
-    let patched = curl(&[
-        "-X",
-        "PATCH",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-H",
-        "Content-Range: 0-3999999",
-        "--data-binary",
-        &format!("@{}", p1.display()),
-        &format!("http://{}{path}", b.host),
-    ]);
-    assert!(patched.starts_with("HTTP/1.1 202"), "{patched}");
-    let path = location(&patched);
-    let digest = format!("sha256:{}", sha256_hex(&data));
-    let put = curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-H",
-        "Content-Range: 4000000-6999999",
-        "--data-binary",
-        &format!("@{}", p2.display()),
-        &format!("http://{}{path}?digest={digest}", a.host),
-    ]);
-    assert!(put.starts_with("HTTP/1.1 201"), "{put}");
+    // Begun on a, continued on b, finished on a.
+    let digest = upload_across(&admin, [&a.host, &b.host, &a.host], "nodes/app", &data, 4_000_000);
     // Visible on both nodes at once; the pull is a presigned redirect that curl follows.
     for node in [&a, &b] {
         let out = run(Command::new("curl").args([

@@ -395,49 +395,7 @@ async fn examples_through_the_operator_serve_pushes_and_pulls_on_two_nodes() {
     // An upload started on one node is finished on the other.
     let (a, b) = (&nodes[0], &nodes[1]);
     let blob: Vec<u8> = (0..6_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
-    let digest = {
-        use sha2::Digest as _;
-        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&blob)))
-    };
-    let (p1, p2) = (work.path().join("part1"), work.path().join("part2"));
-    std::fs::write(&p1, &blob[..5_500_000]).unwrap();
-    std::fs::write(&p2, &blob[5_500_000..]).unwrap();
-    let curl = |args: &[&str]| {
-        let out = run(Command::new("curl")
-            .args(["-sS", "-u", &push_creds, "-H", "Expect:", "-D", "-", "-o", "/dev/null"])
-            .args(args));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let location = |headers: &str| {
-        headers
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().starts_with("location:").then(|| l[9..].trim().to_owned()))
-            .expect("Location")
-    };
-    let started = curl(&["-X", "POST", &format!("http://{a}/v2/acme/team/app/blobs/uploads/")]);
-    assert!(started.starts_with("HTTP/1.1 202"), "{started}");
-    let patched = curl(&[
-        "-X",
-        "PATCH",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-H",
-        "Content-Range: 0-5499999",
-        "--data-binary",
-        &format!("@{}", p1.display()),
-        &format!("http://{a}{}", location(&started)),
-    ]);
-    assert!(patched.starts_with("HTTP/1.1 202"), "{patched}");
-    let put = curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "--data-binary",
-        &format!("@{}", p2.display()),
-        &format!("http://{b}{}?digest={digest}", location(&patched)),
-    ]);
-    assert!(put.starts_with("HTTP/1.1 201"), "{put}");
+    let digest = upload_across(&push_creds, [a, a, b], "acme/team/app", &blob, 5_500_000);
     let fetched = run(Command::new("curl").args([
         "-sSfL",
         "-u",

@@ -1,7 +1,12 @@
 //! File mode: reconcile a directory of Organization, Repository and ApiKey YAML into Postgres
 //! with no cluster. ApiKey Secrets are written as manifests under the secrets directory; each
-//! object's resulting `Ready` condition is reported. Objects removed from the directory are not
-//! deleted (file mode only applies).
+//! object's resulting `Ready` condition is reported. With `prune`, objects file mode applied
+//! before that the directory no longer holds are released as a deleted object is: by the
+//! reclaim policy their rows remember, keys revoked and their Secret manifests removed.
+//!
+//! A file object's UID is derived from its kind, namespace and name (a version 8 UUID;
+//! Kubernetes assigns random version 4 UUIDs), so the same file always claims the same rows and
+//! file mode can tell its own rows from a cluster's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,10 +34,15 @@ pub struct Outcome {
     pub reason: String,
     /// The condition message.
     pub message: String,
+    /// Released because the directory no longer holds it (`object` is then its UID).
+    pub pruned: bool,
 }
 
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.pruned {
+            return write!(f, "{} {}: pruned: {}", self.kind, self.object, self.message);
+        }
         let state = if self.ready { "True" } else { "False" };
         write!(f, "{} {}: Ready={state} ({})", self.kind, self.object, self.reason)?;
         if !self.message.is_empty() {
@@ -116,13 +126,21 @@ async fn reconcile_all<K: Kind>(ctx: &Context, objects: &[K], out: &mut Vec<Outc
             ready: readiness.ready,
             reason: readiness.reason.to_owned(),
             message: readiness.message,
+            pruned: false,
         });
     }
 }
 
 /// Reconciles every object of `dir`: organizations, then API keys, then repositories (whose
-/// grants name keys).
-pub async fn apply(db: aerugo_db::Pool, dir: &Path, secrets_dir: PathBuf, settings: Settings) -> Result<Vec<Outcome>> {
+/// grants name keys); with `prune`, then releases what file mode applied before and `dir` no
+/// longer holds.
+pub async fn apply(
+    db: aerugo_db::Pool,
+    dir: &Path,
+    secrets_dir: PathBuf,
+    settings: Settings,
+    prune: bool,
+) -> Result<Vec<Outcome>> {
     let (orgs, repos, keys) = load(dir)?;
     let files = Files {
         organizations: orgs.iter().map(|o| (key_of(o), o.clone())).collect::<BTreeMap<_, _>>(),
@@ -137,10 +155,86 @@ pub async fn apply(db: aerugo_db::Pool, dir: &Path, secrets_dir: PathBuf, settin
     reconcile_all(&ctx, &orgs, &mut out).await;
     reconcile_all(&ctx, &keys, &mut out).await;
     reconcile_all(&ctx, &repos, &mut out).await;
+    if prune {
+        let present = |objects: Vec<Option<&str>>| -> std::collections::BTreeSet<String> {
+            objects.into_iter().flatten().map(str::to_owned).collect()
+        };
+        let kept = Kept {
+            orgs: present(orgs.iter().map(|o| o.metadata.uid.as_deref()).collect()),
+            repos: present(repos.iter().map(|r| r.metadata.uid.as_deref()).collect()),
+            keys: present(keys.iter().map(|k| k.metadata.uid.as_deref()).collect()),
+        };
+        out.extend(prune_absent(&ctx, &kept).await?);
+    }
     if let World::Files(files) = &ctx.world {
         for path in files.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
             tracing::info!(path = %path.display(), "wrote a Secret manifest");
         }
     }
     Ok(out)
+}
+
+/// The UIDs of the objects the directory holds.
+struct Kept {
+    orgs: std::collections::BTreeSet<String>,
+    repos: std::collections::BTreeSet<String>,
+    keys: std::collections::BTreeSet<String>,
+}
+
+/// Releases the file-declared rows whose object is gone: repositories, then API keys, then
+/// organizations.
+async fn prune_absent(ctx: &Context, kept: &Kept) -> Result<Vec<Outcome>> {
+    let (orgs, repos, keys) = {
+        let client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
+        aerugo_db::declared::file_owners(&client).await?
+    };
+    let pruned = |kind: &'static str, uid: &uuid::Uuid, delete: bool| Outcome {
+        kind,
+        object: uid.to_string(),
+        ready: false,
+        reason: "Pruned".into(),
+        message: if delete { "data deleted".into() } else { "data retained (orphaned)".into() },
+        pruned: true,
+    };
+    let mut out = Vec::new();
+    for repo in repos.iter().filter(|r| !kept.repos.contains(&r.uid.to_string())) {
+        crate::repo::release(ctx, repo.uid, repo.delete, &repo.uid.to_string()).await?;
+        out.push(pruned("repository", &repo.uid, repo.delete));
+    }
+    let gone: Vec<&uuid::Uuid> = keys.iter().filter(|uid| !kept.keys.contains(&uid.to_string())).collect();
+    for uid in &gone {
+        let client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
+        aerugo_db::declared::revoke_keys(&client, **uid, None).await?;
+        out.push(Outcome { message: "keys revoked".into(), ..pruned("apikey", uid, true) });
+    }
+    if let World::Files(files) = &ctx.world {
+        remove_secret_manifests(&files.secrets_dir, &gone)?;
+    }
+    for org in orgs.iter().filter(|o| !kept.orgs.contains(&o.uid.to_string())) {
+        crate::org::release(ctx, org.uid, org.delete, &org.uid.to_string()).await?;
+        out.push(pruned("organization", &org.uid, org.delete));
+    }
+    Ok(out)
+}
+
+/// Removes the Secret manifests (`<dir>/<namespace>/<name>.yaml`) written for the ApiKeys
+/// `gone`: each carries its ApiKey's name in the label `aerugo.io/api-key`.
+fn remove_secret_manifests(dir: &Path, gone: &[&uuid::Uuid]) -> Result<()> {
+    if gone.is_empty() || !dir.is_dir() {
+        return Ok(());
+    }
+    let mut paths = Vec::new();
+    yaml_files(dir, &mut paths)?;
+    for path in paths {
+        let Some(namespace) = path.parent().and_then(Path::file_name).and_then(|n| n.to_str()) else { continue };
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        let Ok(secret) = serde_saphyr::from_str::<Value>(&text) else { continue };
+        let Some(key) = secret["metadata"]["labels"]["aerugo.io/api-key"].as_str() else { continue };
+        let uid = file_uid("ApiKey", namespace, key);
+        if gone.iter().any(|g| g.to_string() == uid) {
+            std::fs::remove_file(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+            tracing::info!(path = %path.display(), "removed the Secret manifest of a pruned ApiKey");
+        }
+    }
+    Ok(())
 }

@@ -148,6 +148,10 @@ enum Command {
         /// Where Secret manifests go: <dir>/<namespace>/<secretName>.yaml.
         #[arg(long, env = "AERUGO_SECRETS_DIR", default_value = "secrets")]
         secrets_dir: PathBuf,
+        /// Also release what an earlier apply declared and the directory no longer holds, as
+        /// deleting the object would (by the reclaim policy it had).
+        #[arg(long)]
+        prune: bool,
     },
     /// Print the CRDs as YAML, or write one file per CRD into each --out directory.
     Crd {
@@ -179,15 +183,15 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Apply { common, dir, secrets_dir } => {
+        Command::Apply { common, dir, secrets_dir, prune } => {
             let db = aerugo_db::pool(&common.database.database_url, 4)?;
             let settings = Settings { registry_host: common.registry_host, resync: Duration::from_secs(300) };
-            let outcomes = aerugo_operator::files::apply(db, &dir, secrets_dir, settings).await?;
+            let outcomes = aerugo_operator::files::apply(db, &dir, secrets_dir, settings, prune).await?;
             let mut stdout = std::io::stdout().lock();
             for outcome in &outcomes {
                 std::io::Write::write_fmt(&mut stdout, format_args!("{outcome}\n"))?;
             }
-            let failed = outcomes.iter().filter(|o| !o.ready).count();
+            let failed = outcomes.iter().filter(|o| !o.ready && !o.pruned).count();
             if failed > 0 {
                 bail!("{failed} of {} objects are not Ready", outcomes.len());
             }

@@ -67,6 +67,12 @@ pub fn validate(org: &Organization) -> Result<ValidOrg> {
         }
         members.push((m.user.clone(), m.role.as_db()));
     }
+    if let Some(storage) = &org.spec.storage {
+        return Err(Error::InvalidSpec(format!(
+            "spec.storage (a dedicated bucket, {:?}) is not supported yet: the data plane stores every blob once, in the registry's bucket; remove spec.storage to use it",
+            storage.bucket
+        )));
+    }
     let quota_bytes = match &org.spec.quota {
         Some(q) => Some(
             quantity_bytes(&q.storage)
@@ -80,7 +86,7 @@ pub fn validate(org: &Organization) -> Result<ValidOrg> {
         name,
         display_name: org.spec.display_name.clone(),
         quota_bytes,
-        bucket: org.spec.storage.as_ref().map(|s| s.bucket.clone()),
+        bucket: None,
         auto_create_repos: org.spec.auto_create_repositories,
         default_visibility: org.spec.default_visibility.as_db(),
         members,
@@ -99,6 +105,7 @@ pub fn desired(org: &ValidOrg) -> DeclaredOrg<'_> {
         bucket: org.bucket.as_deref(),
         auto_create_repos: org.auto_create_repos,
         default_visibility: org.default_visibility,
+        reclaim_policy: if org.delete_data { "delete" } else { "retain" },
     }
 }
 
@@ -165,12 +172,16 @@ pub async fn row_of(client: &impl aerugo_db::GenericClient, uid: Uuid, name: &st
 /// The reclaim policy: keep the data (orphaned, adoptable) or delete it.
 pub async fn cleanup(ctx: &Context, org: &Organization) -> Result<()> {
     let uid = uid_of(org.metadata.uid.as_deref())?;
-    let delete = org.spec.reclaim_policy == ReclaimPolicy::Delete;
+    release(ctx, uid, org.spec.reclaim_policy == ReclaimPolicy::Delete, &org.name_any()).await
+}
+
+/// Releases the rows of the Organization object `uid`: orphaned, or deleted with their data.
+pub async fn release(ctx: &Context, uid: Uuid, delete: bool, name: &str) -> Result<()> {
     let mut client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
     let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
     let released = declared::release_org(&tx, uid, delete).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
-    tracing::info!(org = %org.name_any(), delete, rows = released.rows, unreferenced_blobs = released.unreferenced_blobs, "organization released");
+    tracing::info!(org = %name, delete, rows = released.rows, unreferenced_blobs = released.unreferenced_blobs, "organization released");
     Ok(())
 }
 
@@ -215,6 +226,15 @@ mod tests {
         let mut no_uid = org("acme", OrganizationSpec::default());
         no_uid.metadata.uid = None;
         assert!(validate(&no_uid).is_err());
+        // A dedicated bucket is refused, not silently ignored.
+        let dedicated = OrganizationSpec {
+            storage: Some(aerugo_crds::organization::OrganizationStorage {
+                bucket: "acme-blobs".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(validate(&org("acme", dedicated)), Err(Error::InvalidSpec(m)) if m.contains("not supported")));
     }
 
     #[test]

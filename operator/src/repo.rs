@@ -42,6 +42,8 @@ pub struct ValidRepo {
     pub immutable_tags: Vec<String>,
     /// Retention, as stored.
     pub retention: Option<Value>,
+    /// `reclaimPolicy: Delete`.
+    pub delete_data: bool,
 }
 
 /// Checks a Repository: a path of valid components, grants naming one subject each, valid
@@ -77,6 +79,7 @@ pub fn validate(repo: &Repository) -> Result<ValidRepo> {
         grants,
         immutable_tags: repo.spec.immutable_tags.clone(),
         retention: repo.spec.retention.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+        delete_data: repo.spec.reclaim_policy == ReclaimPolicy::Delete,
     })
 }
 
@@ -95,6 +98,7 @@ pub fn desired<'a>(
         visibility: repo.visibility.unwrap_or(default_visibility).as_db(),
         immutable_tag_patterns: &repo.immutable_tags,
         retention: repo.retention.as_ref(),
+        reclaim_policy: if repo.delete_data { "delete" } else { "retain" },
     }
 }
 
@@ -177,12 +181,16 @@ pub async fn sync(ctx: &Context, repo: &Repository) -> Result<Synced<RepositoryS
 /// The reclaim policy: keep the row (orphaned, adoptable) or delete it with its data.
 pub async fn cleanup(ctx: &Context, repo: &Repository) -> Result<()> {
     let uid = uid_of(repo.metadata.uid.as_deref())?;
-    let delete = repo.spec.reclaim_policy == ReclaimPolicy::Delete;
+    release(ctx, uid, repo.spec.reclaim_policy == ReclaimPolicy::Delete, &repo.name_any()).await
+}
+
+/// Releases the row of the Repository object `uid`: orphaned, or deleted with its data.
+pub async fn release(ctx: &Context, uid: Uuid, delete: bool, name: &str) -> Result<()> {
     let mut client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
     let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
     let released = declared::release_repo(&tx, uid, delete).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
-    tracing::info!(repository = %repo.name_any(), delete, rows = released.rows, unreferenced_blobs = released.unreferenced_blobs, "repository released");
+    tracing::info!(repository = %name, delete, rows = released.rows, unreferenced_blobs = released.unreferenced_blobs, "repository released");
     Ok(())
 }
 

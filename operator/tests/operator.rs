@@ -320,7 +320,7 @@ async fn file_mode_reconciles_the_examples_without_a_cluster() {
     let secrets = tempfile::tempdir().unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let settings = || Settings { registry_host: "127.0.0.1:5000".into(), resync: Duration::from_secs(300) };
-    let outcomes = aerugo_operator::files::apply(db.clone(), &examples, secrets.path().to_owned(), settings())
+    let outcomes = aerugo_operator::files::apply(db.clone(), &examples, secrets.path().to_owned(), settings(), false)
         .await
         .expect("apply");
     assert!(outcomes.iter().all(|o| o.ready), "{outcomes:#?}");
@@ -346,7 +346,7 @@ async fn file_mode_reconciles_the_examples_without_a_cluster() {
     for t in tables {
         written_before.push(conn.query_one(&versions(t), &[]).await.unwrap().get::<_, String>(0));
     }
-    let again = aerugo_operator::files::apply(db.clone(), &examples, secrets.path().to_owned(), settings())
+    let again = aerugo_operator::files::apply(db.clone(), &examples, secrets.path().to_owned(), settings(), false)
         .await
         .expect("again");
     assert!(again.iter().all(|o| o.ready));
@@ -359,6 +359,98 @@ async fn file_mode_reconciles_the_examples_without_a_cluster() {
         let now: String = conn.query_one(&versions(t), &[]).await.unwrap().get(0);
         assert_eq!(now, before, "a second run wrote to {t}");
     }
+}
+
+/// `--prune`: what an earlier apply declared and the directory lost is released by the reclaim
+/// policy its rows remember; rows a cluster declared are never touched.
+#[tokio::test]
+async fn file_mode_prunes_what_the_directory_no_longer_holds() {
+    let url = aerugo_db::testing::fresh_database().await.expect("database");
+    let db = aerugo_db::pool(&url, 4).expect("pool");
+    aerugo_db::tenancy::create_user(&db.get().await.unwrap(), "admin", None, None, true, "system").await.unwrap();
+    let conn = db.get().await.unwrap();
+    // A cluster's organization (a random version 4 UID) beside the files'.
+    let cluster_uid = uuid::Uuid::parse_str("6f1c1d2e-0000-4000-8000-0000000000c1").unwrap();
+    let cluster_org = aerugo_db::declared::DeclaredOrg {
+        uid: cluster_uid,
+        namespace: "elsewhere",
+        name: "clustered",
+        display_name: None,
+        quota_bytes: None,
+        bucket: None,
+        auto_create_repos: true,
+        default_visibility: "private",
+        reclaim_policy: "delete",
+    };
+    aerugo_db::declared::sync_org(&conn, &cluster_org).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let full = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/acme.yaml")).unwrap();
+    let apply = |text: String| {
+        let (db, dir, secrets) = (db.clone(), dir.path().to_owned(), secrets.path().to_owned());
+        async move {
+            std::fs::write(dir.join("tenant.yaml"), text).unwrap();
+            let settings = Settings { registry_host: "127.0.0.1:5000".into(), resync: Duration::from_secs(300) };
+            aerugo_operator::files::apply(db, &dir, secrets, settings, true).await.expect("apply")
+        }
+    };
+    let first = apply(full.clone()).await;
+    assert!(first.iter().all(|o| o.ready && !o.pruned), "{first:#?}");
+    let key_of = |name: &str| aerugo_operator::files::file_uid("ApiKey", "team", name).parse::<uuid::Uuid>().unwrap();
+    let live = |uid: uuid::Uuid| {
+        let conn = &conn;
+        async move {
+            let n: i64 = conn
+                .query_one("SELECT COUNT(*) FROM api_keys WHERE k8s_uid = $1 AND revoked_at IS NULL", &[&uid])
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    assert_eq!(live(key_of("ci-push")).await, 1);
+
+    // acme/tools (reclaimPolicy Delete) and the CI key leave the directory.
+    let without: Vec<&str> = full
+        .split("\n---\n")
+        .filter(|doc| !doc.contains("\n  name: tools\n") && !doc.contains("\n  name: ci-push\n"))
+        .collect();
+    assert_eq!(without.len(), full.split("\n---\n").count() - 2);
+    let second = apply(without.join("\n---\n")).await;
+    let pruned: Vec<_> = second.iter().filter(|o| o.pruned).map(|o| (o.kind, o.message.as_str())).collect();
+    assert_eq!(pruned, [("repository", "data deleted"), ("apikey", "keys revoked")], "{second:#?}");
+    let repos = |name: &'static str| {
+        let conn = &conn;
+        async move {
+            conn.query_opt("SELECT orphaned_at IS NOT NULL FROM repositories WHERE name = $1", &[&name])
+                .await
+                .unwrap()
+                .map(|r| r.get::<_, bool>(0))
+        }
+    };
+    assert_eq!(repos("acme/tools").await, None, "deleted by its reclaim policy");
+    assert_eq!(repos("acme/team/app").await, Some(false));
+    assert_eq!(live(key_of("ci-push")).await, 0, "the key is revoked");
+    assert!(!secrets.path().join("team/ci-push.yaml").exists(), "its Secret manifest is gone");
+    assert!(secrets.path().join("team/acme-pull.yaml").exists());
+
+    // Everything leaves: Retain orphans the organization and the other repositories.
+    let last = apply(String::new()).await;
+    assert_eq!(last.iter().filter(|o| o.pruned).count(), 4, "{last:#?}");
+    assert_eq!(repos("acme/team/app").await, Some(true), "orphaned, adoptable");
+    let orgs: Vec<(String, bool)> = conn
+        .query("SELECT name, orphaned_at IS NOT NULL FROM organizations ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(orgs, [("acme".to_owned(), true), ("clustered".to_owned(), false)], "a cluster's row is not pruned");
+    // Applying again adopts what was retained.
+    let back = apply(full).await;
+    assert!(back.iter().all(|o| o.ready), "{back:#?}");
+    assert_eq!(repos("acme/team/app").await, Some(false));
 }
 
 #[tokio::test]

@@ -86,6 +86,8 @@ pub struct DeclaredOrg<'a> {
     pub auto_create_repos: bool,
     /// `private` or `public`.
     pub default_visibility: &'a str,
+    /// `retain` or `delete`.
+    pub reclaim_policy: &'a str,
 }
 
 /// Claims and updates the organization row of an Organization object. The row it owns (by
@@ -101,8 +103,8 @@ pub async fn sync_org(client: &impl GenericClient, org: &DeclaredOrg<'_>) -> Res
             let row = client
                 .query_one(
                     "INSERT INTO organizations (name, display_name, k8s_uid, k8s_namespace, managed_by, quota_bytes,
-                                                bucket, auto_create_repos, default_visibility)
-                     VALUES ($1, $2, $3, $4, 'kubernetes', $5, $6, $7, $8) RETURNING id",
+                                                bucket, auto_create_repos, default_visibility, reclaim_policy)
+                     VALUES ($1, $2, $3, $4, 'kubernetes', $5, $6, $7, $8, $9) RETURNING id",
                     &[
                         &org.name,
                         &org.display_name,
@@ -112,6 +114,7 @@ pub async fn sync_org(client: &impl GenericClient, org: &DeclaredOrg<'_>) -> Res
                         &org.bucket,
                         &org.auto_create_repos,
                         &org.default_visibility,
+                        &org.reclaim_policy,
                     ],
                 )
                 .await?;
@@ -122,11 +125,11 @@ pub async fn sync_org(client: &impl GenericClient, org: &DeclaredOrg<'_>) -> Res
         .execute(
             "UPDATE organizations
                 SET display_name = $2, k8s_uid = $3, k8s_namespace = $4, managed_by = 'kubernetes', quota_bytes = $5,
-                    bucket = $6, auto_create_repos = $7, default_visibility = $8, orphaned_at = NULL
+                    bucket = $6, auto_create_repos = $7, default_visibility = $8, reclaim_policy = $9, orphaned_at = NULL
               WHERE id = $1
                 AND (display_name, k8s_uid, k8s_namespace, managed_by, quota_bytes, bucket, auto_create_repos,
-                     default_visibility, orphaned_at)
-                    IS DISTINCT FROM ($2, $3, $4, 'kubernetes', $5, $6, $7, $8, NULL::timestamptz)",
+                     default_visibility, reclaim_policy, orphaned_at)
+                    IS DISTINCT FROM ($2, $3, $4, 'kubernetes', $5, $6, $7, $8, $9, NULL::timestamptz)",
             &[
                 &id,
                 &org.display_name,
@@ -136,6 +139,7 @@ pub async fn sync_org(client: &impl GenericClient, org: &DeclaredOrg<'_>) -> Res
                 &org.bucket,
                 &org.auto_create_repos,
                 &org.default_visibility,
+                &org.reclaim_policy,
             ],
         )
         .await?;
@@ -270,6 +274,8 @@ pub struct DeclaredRepo<'a> {
     pub immutable_tag_patterns: &'a [String],
     /// Retention settings, as JSON.
     pub retention: Option<&'a Value>,
+    /// `retain` or `delete`.
+    pub reclaim_policy: &'a str,
 }
 
 /// Claims and updates a Repository object's row, as [`sync_org`] does for organizations.
@@ -285,8 +291,8 @@ pub async fn sync_repo(client: &impl GenericClient, repo: &DeclaredRepo<'_>) -> 
             let row = client
                 .query_one(
                     "INSERT INTO repositories (org_id, name, visibility, k8s_uid, k8s_namespace, managed_by,
-                                               immutable_tag_patterns, retention)
-                     VALUES ($1, $2, $3, $4, $5, 'kubernetes', $6, $7) RETURNING id",
+                                               immutable_tag_patterns, retention, reclaim_policy)
+                     VALUES ($1, $2, $3, $4, $5, 'kubernetes', $6, $7, $8) RETURNING id",
                     &[
                         &repo.org_id,
                         &repo.name,
@@ -295,6 +301,7 @@ pub async fn sync_repo(client: &impl GenericClient, repo: &DeclaredRepo<'_>) -> 
                         &repo.namespace,
                         &repo.immutable_tag_patterns,
                         &repo.retention,
+                        &repo.reclaim_policy,
                     ],
                 )
                 .await?;
@@ -305,10 +312,11 @@ pub async fn sync_repo(client: &impl GenericClient, repo: &DeclaredRepo<'_>) -> 
         .execute(
             "UPDATE repositories
                 SET org_id = $2, visibility = $3, k8s_uid = $4, k8s_namespace = $5, managed_by = 'kubernetes',
-                    immutable_tag_patterns = $6, retention = $7, orphaned_at = NULL
+                    immutable_tag_patterns = $6, retention = $7, reclaim_policy = $8, orphaned_at = NULL
               WHERE id = $1
-                AND (org_id, visibility, k8s_uid, k8s_namespace, managed_by, immutable_tag_patterns, retention, orphaned_at)
-                    IS DISTINCT FROM ($2, $3, $4, $5, 'kubernetes', $6::text[], $7::jsonb, NULL::timestamptz)",
+                AND (org_id, visibility, k8s_uid, k8s_namespace, managed_by, immutable_tag_patterns, retention,
+                     reclaim_policy, orphaned_at)
+                    IS DISTINCT FROM ($2, $3, $4, $5, 'kubernetes', $6::text[], $7::jsonb, $8, NULL::timestamptz)",
             &[
                 &id,
                 &repo.org_id,
@@ -317,6 +325,7 @@ pub async fn sync_repo(client: &impl GenericClient, repo: &DeclaredRepo<'_>) -> 
                 &repo.namespace,
                 &repo.immutable_tag_patterns,
                 &repo.retention,
+                &repo.reclaim_policy,
             ],
         )
         .await?;
@@ -505,4 +514,31 @@ pub async fn revoke_keys(client: &impl GenericClient, uid: Uuid, keep: Option<i6
             &[&uid, &keep],
         )
         .await?)
+}
+
+/// An object that owns rows, as the rows remember it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The object's UID.
+    pub uid: Uuid,
+    /// Its reclaim policy asked to delete the data (organizations and repositories).
+    pub delete: bool,
+}
+
+/// The owners of declared rows whose UID is of the kind file mode derives (a name-based UUID,
+/// version 8, where Kubernetes assigns random version 4 UUIDs): organizations, repositories,
+/// and API keys with a key that still works.
+pub async fn file_owners(client: &impl GenericClient) -> Result<(Vec<Owner>, Vec<Owner>, Vec<Uuid>)> {
+    let owners = |rows: Vec<tokio_postgres::Row>| {
+        rows.iter().map(|r| Owner { uid: r.get(0), delete: r.get::<_, String>(1) == "delete" }).collect::<Vec<_>>()
+    };
+    const FILE_UID: &str = "k8s_uid IS NOT NULL AND substr(k8s_uid::text, 15, 1) = '8' AND managed_by = 'kubernetes'";
+    let orgs =
+        client.query(&format!("SELECT k8s_uid, reclaim_policy FROM organizations WHERE {FILE_UID}"), &[]).await?;
+    let repos =
+        client.query(&format!("SELECT k8s_uid, reclaim_policy FROM repositories WHERE {FILE_UID}"), &[]).await?;
+    let keys = client
+        .query(&format!("SELECT DISTINCT k8s_uid FROM api_keys WHERE {FILE_UID} AND revoked_at IS NULL"), &[])
+        .await?;
+    Ok((owners(orgs), owners(repos), keys.iter().map(|r| r.get(0)).collect()))
 }
