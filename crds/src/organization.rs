@@ -41,8 +41,8 @@ pub struct OrganizationSpec {
     /// Storage quota.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<Quota>,
-    /// A dedicated bucket for this organization's blobs instead of the registry's. Reserved: not
-    /// supported yet, an Organization that sets it is refused (`InvalidSpec`).
+    /// A dedicated bucket for this organization's blobs instead of the registry's, on the
+    /// registry's S3 service. It cannot change once the organization holds blobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<OrganizationStorage>,
     /// Whether a push to a repository that does not exist creates it (members with push rights

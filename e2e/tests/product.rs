@@ -444,7 +444,7 @@ async fn examples_through_the_operator_serve_pushes_and_pulls_on_two_nodes() {
         async move {
             client
                 .query(
-                    "SELECT b.digest, b.storage_key FROM blobs b JOIN repository_blobs rb ON rb.digest = b.digest
+                    "SELECT b.digest, b.storage_key FROM blob_objects b JOIN repository_blobs rb ON rb.digest = b.digest
                        JOIN repositories r ON r.id = rb.repository_id WHERE r.name = $1",
                     &[&repo],
                 )

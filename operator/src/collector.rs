@@ -1,7 +1,9 @@
-//! The blob garbage collector: deletes the objects and rows of blobs no repository or manifest
-//! references any more, once their review delay has passed (a day after the last reference
-//! went, set by the schema's triggers). The delay and the row locks keep it clear of uploads in
-//! flight; the data plane re-checks an object it did not write itself after inserting its row.
+//! The blob garbage collector: deletes the objects of blobs that no repository reading from
+//! their location references any more (and, once nothing anywhere does, the blob rows), once
+//! their review delay has passed (a day after the last reference went, set by the schema's
+//! triggers). The delay and the row locks keep it clear of uploads in flight; the data plane
+//! re-checks an object it did not write itself after inserting its row, and its location's
+//! object after linking.
 
 use aerugo_storage::{AnyStore, BlobStore as _};
 
@@ -12,7 +14,7 @@ use crate::error::{Error, Result};
 pub struct Collected {
     /// Queue entries reviewed.
     pub reviewed: usize,
-    /// Blobs deleted (object and row).
+    /// Objects deleted (one per location that no longer needed one).
     pub deleted: usize,
 }
 
@@ -26,18 +28,19 @@ pub async fn collect(db: &aerugo_db::Pool, store: &AnyStore, batch: i64) -> Resu
         if due.is_empty() {
             return Ok(total);
         }
+        let unavailable =
+            |e: aerugo_storage::Error| Error::Waiting { reason: "StorageUnavailable", message: e.to_string() };
         for entry in &due {
-            if let Some(key) = &entry.unreferenced_key {
-                // The object goes first: if the commit then fails, a row of a blob nothing
+            let mut locations = Vec::with_capacity(entry.unreferenced.len());
+            for (location, key) in &entry.unreferenced {
+                // The object goes first: if the commit then fails, a row of an object nothing
                 // references is left, which no read can reach and the next upload of the
-                // digest stores again.
-                store
-                    .delete(key)
-                    .await
-                    .map_err(|e| Error::Waiting { reason: "StorageUnavailable", message: e.to_string() })?;
+                // digest there stores again.
+                store.location(location).await.map_err(unavailable)?.delete(key).await.map_err(unavailable)?;
+                locations.push(location.clone());
                 total.deleted += 1;
             }
-            aerugo_db::gc::finish(&tx, &entry.digest, entry.unreferenced_key.is_some()).await?;
+            aerugo_db::gc::finish(&tx, &entry.digest, &locations, entry.delete_blob).await?;
         }
         tx.commit().await.map_err(aerugo_db::Error::from)?;
         total.reviewed += due.len();

@@ -15,6 +15,33 @@ pub struct Settings {
     pub registry_host: String,
     /// How often an object that reconciled cleanly is looked at again (drift and usage).
     pub resync: Duration,
+    /// The registry's blob storage, where Organizations' dedicated buckets are created;
+    /// `None`: dedicated buckets cannot be served (such Organizations are refused).
+    pub storage: Option<StorageAccess>,
+}
+
+/// How the operator reaches the registry's blob storage (the data plane's own settings).
+#[derive(Debug, Clone)]
+pub enum StorageAccess {
+    /// The filesystem backend: a dedicated location is a directory the data plane creates.
+    File,
+    /// An S3 service: dedicated buckets are created there, with the registry's credentials
+    /// (the data plane reads them with the same ones).
+    S3 {
+        /// Endpoint URL.
+        endpoint: String,
+        /// Signing region.
+        region: String,
+        /// Path-style addressing.
+        path_style: bool,
+        /// Access key id.
+        access_key_id: String,
+        /// Secret access key.
+        secret_access_key: String,
+        /// The principal the data plane signs as, for bucket policies (with readers or
+        /// `denyInsecureTransport`).
+        principal: Option<String>,
+    },
 }
 
 /// Reconcile metrics, per controller.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aerugo_operator::context::{Metrics, Settings};
+use aerugo_operator::context::{Metrics, Settings, StorageAccess};
 use aerugo_operator::controller::{self, ClusterContext};
 use aerugo_operator::defaults::DefaultRegistry;
 use aerugo_operator::leader::Leadership;
@@ -55,15 +55,52 @@ struct Storage {
     /// S3 access key id.
     #[arg(long, env = "AERUGO_S3_ACCESS_KEY_ID", default_value = "")]
     s3_access_key_id: String,
-    /// File holding the S3 secret access key.
+    /// File holding the S3 secret access key (or set AERUGO_S3_SECRET_ACCESS_KEY).
     #[arg(long, env = "AERUGO_S3_SECRET_ACCESS_KEY_FILE")]
     s3_secret_access_key_file: Option<PathBuf>,
     /// Path-style S3 addressing.
     #[arg(long, env = "AERUGO_S3_PATH_STYLE", default_value_t = false)]
     s3_path_style: bool,
+    /// The principal (ARN) the data plane signs as, for the bucket policies of dedicated
+    /// organization buckets.
+    #[arg(long, env = "AERUGO_S3_PRINCIPAL")]
+    s3_principal: Option<String>,
 }
 
 impl Storage {
+    fn secret(&self) -> Result<String> {
+        match &self.s3_secret_access_key_file {
+            Some(path) => Ok(std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .to_owned()),
+            // As the data plane: the variable, never a flag value.
+            None => match std::env::var("AERUGO_S3_SECRET_ACCESS_KEY") {
+                Ok(secret) => Ok(secret),
+                Err(_) => bail!(
+                    "AERUGO_S3_SECRET_ACCESS_KEY_FILE (or AERUGO_S3_SECRET_ACCESS_KEY) is required with s3 storage"
+                ),
+            },
+        }
+    }
+
+    /// How reconciles reach the storage (for dedicated organization buckets).
+    fn access(&self) -> Result<Option<StorageAccess>> {
+        Ok(match self.storage.as_str() {
+            "none" => None,
+            "file" => Some(StorageAccess::File),
+            "s3" => Some(StorageAccess::S3 {
+                endpoint: self.s3_endpoint.clone().context("AERUGO_S3_ENDPOINT is required with s3 storage")?,
+                region: self.s3_region.clone(),
+                path_style: self.s3_path_style,
+                access_key_id: self.s3_access_key_id.clone(),
+                secret_access_key: self.secret()?,
+                principal: self.s3_principal.clone(),
+            }),
+            other => bail!("unknown storage {other:?}: none, file or s3"),
+        })
+    }
+
     async fn store(&self) -> Result<Option<aerugo_storage::AnyStore>> {
         Ok(match self.storage.as_str() {
             "none" => None,
@@ -73,18 +110,13 @@ impl Storage {
                     .with_context(|| format!("opening {}", self.storage_path.display()))?,
             )),
             "s3" => {
-                let secret = match &self.s3_secret_access_key_file {
-                    Some(path) => {
-                        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-                    }
-                    None => bail!("AERUGO_S3_SECRET_ACCESS_KEY_FILE is required with s3 storage"),
-                };
+                let secret = self.secret()?;
                 Some(aerugo_storage::AnyStore::S3(aerugo_storage::S3Store::new(&aerugo_storage::S3Config {
                     endpoint: self.s3_endpoint.clone(),
                     bucket: self.s3_bucket.clone(),
                     region: self.s3_region.clone(),
                     access_key_id: self.s3_access_key_id.clone(),
-                    secret_access_key: secret.trim().to_owned(),
+                    secret_access_key: secret,
                     path_style: self.s3_path_style,
                 })))
             }
@@ -152,6 +184,9 @@ enum Command {
         /// deleting the object would (by the reclaim policy it had).
         #[arg(long)]
         prune: bool,
+        /// The registry's storage, where dedicated organization buckets are created.
+        #[command(flatten)]
+        storage: Storage,
     },
     /// Print the CRDs as YAML, or write one file per CRD into each --out directory.
     Crd {
@@ -183,9 +218,13 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Apply { common, dir, secrets_dir, prune } => {
+        Command::Apply { common, dir, secrets_dir, prune, storage } => {
             let db = aerugo_db::pool(&common.database.database_url, 4)?;
-            let settings = Settings { registry_host: common.registry_host, resync: Duration::from_secs(300) };
+            let settings = Settings {
+                registry_host: common.registry_host,
+                resync: Duration::from_secs(300),
+                storage: storage.access()?,
+            };
             let outcomes = aerugo_operator::files::apply(db, &dir, secrets_dir, settings, prune).await?;
             let mut stdout = std::io::stdout().lock();
             for outcome in &outcomes {
@@ -224,8 +263,11 @@ async fn main() -> Result<()> {
             let db = aerugo_db::pool(&common.database.database_url, 8)?;
             let registry = prometheus::Registry::new();
             let metrics = Metrics::new(&registry)?;
-            let settings =
-                Settings { registry_host: common.registry_host, resync: Duration::from_secs(resync_seconds) };
+            let settings = Settings {
+                registry_host: common.registry_host,
+                resync: Duration::from_secs(resync_seconds),
+                storage: storage.access()?,
+            };
             let admin = admin_server(&admin_listen, registry, db.clone())?;
             let admin = tokio::spawn(admin);
             let leadership = if leader_election {

@@ -7,7 +7,7 @@ use aerugo_db::declared::{self, Claim, DeclaredOrg};
 use kube::ResourceExt as _;
 use uuid::Uuid;
 
-use crate::context::Context;
+use crate::context::{Context, StorageAccess};
 use crate::controller::{Readiness, Synced};
 use crate::error::{Error, Result};
 
@@ -24,8 +24,8 @@ pub struct ValidOrg {
     pub display_name: Option<String>,
     /// Quota in bytes.
     pub quota_bytes: Option<i64>,
-    /// Dedicated bucket.
-    pub bucket: Option<String>,
+    /// Dedicated bucket, with its policy readers and TLS requirement.
+    pub storage: Option<aerugo_crds::organization::OrganizationStorage>,
     /// `autoCreateRepositories`.
     pub auto_create_repos: bool,
     /// `private` / `public`.
@@ -67,12 +67,6 @@ pub fn validate(org: &Organization) -> Result<ValidOrg> {
         }
         members.push((m.user.clone(), m.role.as_db()));
     }
-    if let Some(storage) = &org.spec.storage {
-        return Err(Error::InvalidSpec(format!(
-            "spec.storage (a dedicated bucket, {:?}) is not supported yet: the data plane stores every blob once, in the registry's bucket; remove spec.storage to use it",
-            storage.bucket
-        )));
-    }
     let quota_bytes = match &org.spec.quota {
         Some(q) => Some(
             quantity_bytes(&q.storage)
@@ -86,7 +80,7 @@ pub fn validate(org: &Organization) -> Result<ValidOrg> {
         name,
         display_name: org.spec.display_name.clone(),
         quota_bytes,
-        bucket: None,
+        storage: org.spec.storage.clone(),
         auto_create_repos: org.spec.auto_create_repositories,
         default_visibility: org.spec.default_visibility.as_db(),
         members,
@@ -102,7 +96,7 @@ pub fn desired(org: &ValidOrg) -> DeclaredOrg<'_> {
         name: &org.name,
         display_name: org.display_name.as_deref(),
         quota_bytes: org.quota_bytes,
-        bucket: org.bucket.as_deref(),
+        bucket: org.storage.as_ref().map(|s| s.bucket.as_str()),
         auto_create_repos: org.auto_create_repos,
         default_visibility: org.default_visibility,
         reclaim_policy: if org.delete_data { "delete" } else { "retain" },
@@ -114,6 +108,22 @@ pub async fn sync(ctx: &Context, org: &Organization) -> Result<Synced<Organizati
     let valid = validate(org)?;
     let mut client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
     let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+    // Repositories read their blobs where their organization's are: the location cannot move
+    // under stored blobs. The bucket exists before any row routes a write to it.
+    let bucket = valid.storage.as_ref().map(|s| s.bucket.as_str());
+    if let Some((current, holds_blobs)) = declared::org_location(&tx, valid.uid).await?
+        && current.as_deref() != bucket
+        && holds_blobs
+    {
+        return Err(Error::InvalidSpec(format!(
+            "storage cannot change from {} to {} once the organization holds blobs",
+            current.as_deref().map_or("the registry's bucket".to_owned(), |b| format!("bucket {b:?}")),
+            bucket.map_or("the registry's bucket".to_owned(), |b| format!("bucket {b:?}")),
+        )));
+    }
+    if let Some(storage) = &valid.storage {
+        ensure_bucket(ctx, storage).await?;
+    }
     let id = match declared::sync_org(&tx, &desired(&valid)).await? {
         Claim::Owned { id, .. } => id,
         Claim::Taken { namespace } => {
@@ -148,6 +158,49 @@ pub async fn sync(ctx: &Context, org: &Organization) -> Result<Synced<Organizati
         readiness,
         requeue,
     })
+}
+
+/// Creates the dedicated bucket if needed, with the lifecycle rule and, when readers or TLS are
+/// asked for, the bucket policy.
+async fn ensure_bucket(ctx: &Context, storage: &aerugo_crds::organization::OrganizationStorage) -> Result<()> {
+    use aerugo_crds::registry::{BucketPolicy, RegistryStorage};
+    match &ctx.settings.storage {
+        None => Err(Error::InvalidSpec(
+            "spec.storage needs the operator to reach the registry's storage (AERUGO_STORAGE and its settings)".into(),
+        )),
+        // The data plane creates the location's directory on first write.
+        Some(StorageAccess::File) => Ok(()),
+        Some(StorageAccess::S3 { endpoint, region, path_style, access_key_id, secret_access_key, principal }) => {
+            let wants_policy = !storage.readers.is_empty() || storage.deny_insecure_transport;
+            let policy = match (wants_policy, principal) {
+                (false, _) => None,
+                (true, Some(principal)) => Some(BucketPolicy {
+                    principal: principal.clone(),
+                    readers: storage.readers.clone(),
+                    deny_insecure_transport: storage.deny_insecure_transport,
+                }),
+                (true, None) => {
+                    return Err(Error::InvalidSpec(
+                        "storage.readers and storage.denyInsecureTransport need a bucket policy, which needs the registry's principal (AERUGO_S3_PRINCIPAL)".into(),
+                    ));
+                }
+            };
+            let target = RegistryStorage {
+                endpoint: endpoint.clone(),
+                bucket: storage.bucket.clone(),
+                region: Some(region.clone()),
+                path_style: *path_style,
+                manage_bucket: true,
+                policy,
+                ..Default::default()
+            };
+            let changes = crate::bucket::sync(&target, access_key_id, secret_access_key).await?;
+            if changes != crate::bucket::BucketChanges::default() {
+                tracing::info!(bucket = %storage.bucket, ?changes, "organization bucket configured");
+            }
+            Ok(())
+        }
+    }
 }
 
 /// The Organization `name` of `namespace` that a Repository or ApiKey references (references
@@ -226,7 +279,7 @@ mod tests {
         let mut no_uid = org("acme", OrganizationSpec::default());
         no_uid.metadata.uid = None;
         assert!(validate(&no_uid).is_err());
-        // A dedicated bucket is refused, not silently ignored.
+        // A dedicated bucket goes into the row.
         let dedicated = OrganizationSpec {
             storage: Some(aerugo_crds::organization::OrganizationStorage {
                 bucket: "acme-blobs".into(),
@@ -234,7 +287,8 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(matches!(validate(&org("acme", dedicated)), Err(Error::InvalidSpec(m)) if m.contains("not supported")));
+        let dedicated = validate(&org("acme", dedicated)).expect("valid");
+        assert_eq!(desired(&dedicated).bucket, Some("acme-blobs"));
     }
 
     #[test]

@@ -29,6 +29,11 @@ async fn start() -> Harness {
 }
 
 async fn start_with(resync: Duration) -> Harness {
+    start_on(resync, None).await
+}
+
+/// A harness whose operator reaches blob storage (for dedicated organization buckets).
+async fn start_on(resync: Duration, storage: Option<aerugo_operator::context::StorageAccess>) -> Harness {
     let url = aerugo_db::testing::fresh_database().await.expect("database");
     let db = aerugo_db::pool(&url, 4).expect("pool");
     let client_db = db.get().await.expect("connection");
@@ -45,7 +50,7 @@ async fn start_with(resync: Duration) -> Harness {
             .expect("namespace");
     }
     let client = emulator.client();
-    let settings = Settings { registry_host: "registry.test:5000".into(), resync };
+    let settings = Settings { registry_host: "registry.test:5000".into(), resync, storage };
     let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
     let cluster = ClusterContext::new(client.clone(), db.clone(), settings, metrics);
     tokio::spawn(controller::run(cluster));
@@ -319,7 +324,8 @@ async fn file_mode_reconciles_the_examples_without_a_cluster() {
     aerugo_db::tenancy::create_user(&db.get().await.unwrap(), "admin", None, None, true, "system").await.unwrap();
     let secrets = tempfile::tempdir().unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let settings = || Settings { registry_host: "127.0.0.1:5000".into(), resync: Duration::from_secs(300) };
+    let settings =
+        || Settings { registry_host: "127.0.0.1:5000".into(), resync: Duration::from_secs(300), storage: None };
     let outcomes = aerugo_operator::files::apply(db.clone(), &examples, secrets.path().to_owned(), settings(), false)
         .await
         .expect("apply");
@@ -391,7 +397,8 @@ async fn file_mode_prunes_what_the_directory_no_longer_holds() {
         let (db, dir, secrets) = (db.clone(), dir.path().to_owned(), secrets.path().to_owned());
         async move {
             std::fs::write(dir.join("tenant.yaml"), text).unwrap();
-            let settings = Settings { registry_host: "127.0.0.1:5000".into(), resync: Duration::from_secs(300) };
+            let settings =
+                Settings { registry_host: "127.0.0.1:5000".into(), resync: Duration::from_secs(300), storage: None };
             aerugo_operator::files::apply(db, &dir, secrets, settings, true).await.expect("apply")
         }
     };
@@ -596,7 +603,7 @@ async fn a_database_outage_is_reported_and_recovered_from() {
     // Nothing listens on port 9: every connection fails.
     let down = aerugo_db::pool("postgres://postgres@127.0.0.1:9/none", 2).expect("pool");
     let cluster = |db: aerugo_db::Pool| {
-        let settings = Settings { registry_host: "r".into(), resync: Duration::from_secs(2) };
+        let settings = Settings { registry_host: "r".into(), resync: Duration::from_secs(2), storage: None };
         ClusterContext::new(client.clone(), db, settings, Metrics::new(&prometheus::Registry::new()).expect("metrics"))
     };
     let running = tokio::spawn(controller::run(cluster(down)));
@@ -625,29 +632,135 @@ async fn registry_on(h: &Harness, name: &str, storage: Value, access_key: &str, 
     wait_reason::<aerugo_crds::Registry>(h, "team", name, "False", "MigrationPending").await;
 }
 
-#[tokio::test]
-async fn the_registry_bucket_gets_a_lifecycle_rule_on_garage() {
-    let Ok(endpoint) =
-        std::env::var("AERUGO_S3_ENDPOINT").map_err(|_| eprintln!("no S3 (AERUGO_S3_ENDPOINT): skipped"))
-    else {
-        return;
+/// The Garage of `scripts/dev.sh test` (`AERUGO_S3_*`), or `None` (the test is skipped).
+fn garage() -> Option<aerugo_storage::S3Config> {
+    let Ok(endpoint) = std::env::var("AERUGO_S3_ENDPOINT") else {
+        eprintln!("no S3 (AERUGO_S3_ENDPOINT): skipped");
+        return None;
     };
     let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k}"));
-    let h = start().await;
-    let bucket = format!("reg-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let storage =
-        json!({ "endpoint": endpoint, "bucket": bucket, "region": var("AERUGO_S3_REGION"), "pathStyle": true });
-    registry_on(&h, "garage", storage, &var("AERUGO_S3_ACCESS_KEY_ID"), &var("AERUGO_S3_SECRET_ACCESS_KEY")).await;
-    let store = aerugo_storage::S3Store::new(&aerugo_storage::S3Config {
+    Some(aerugo_storage::S3Config {
         endpoint: Some(endpoint),
-        bucket,
+        bucket: String::new(),
         region: var("AERUGO_S3_REGION"),
         access_key_id: var("AERUGO_S3_ACCESS_KEY_ID"),
         secret_access_key: var("AERUGO_S3_SECRET_ACCESS_KEY"),
         path_style: true,
-    });
+    })
+}
+
+#[tokio::test]
+async fn the_registry_bucket_gets_a_lifecycle_rule_on_garage() {
+    let Some(garage) = garage() else { return };
+    let h = start().await;
+    let bucket = format!("reg-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let storage = json!({ "endpoint": garage.endpoint, "bucket": bucket, "region": garage.region, "pathStyle": true });
+    registry_on(&h, "garage", storage, &garage.access_key_id, &garage.secret_access_key).await;
+    let store = aerugo_storage::S3Store::new(&aerugo_storage::S3Config { bucket, ..garage });
     assert!(store.list_keys("").await.expect("the bucket exists").is_empty());
     assert!(!store.ensure_abort_incomplete_uploads(1).await.expect("lifecycle"), "the rule is already in place");
+}
+
+/// An Organization's dedicated bucket is created on the registry's S3 with the lifecycle rule;
+/// a policy without the registry's principal is refused; the bucket cannot change once the
+/// organization holds blobs.
+#[tokio::test]
+async fn an_organization_bucket_is_created_and_cannot_move_under_blobs() {
+    let Some(garage) = garage() else { return };
+    let access = aerugo_operator::context::StorageAccess::S3 {
+        endpoint: garage.endpoint.clone().unwrap_or_default(),
+        region: garage.region.clone(),
+        path_style: true,
+        access_key_id: garage.access_key_id.clone(),
+        secret_access_key: garage.secret_access_key.clone(),
+        principal: None,
+    };
+    let h = start_on(Duration::from_secs(2), Some(access)).await;
+    let bucket = format!("org-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    create(&h, "team", org("acme", json!({ "storage": { "bucket": bucket } }))).await;
+    wait_reason::<Organization>(&h, "team", "acme", "True", "Reconciled").await;
+    let store = aerugo_storage::S3Store::new(&aerugo_storage::S3Config { bucket: bucket.clone(), ..garage });
+    assert!(store.list_keys("").await.expect("the bucket exists").is_empty());
+    assert!(!store.ensure_abort_incomplete_uploads(1).await.expect("lifecycle"), "the rule is already in place");
+    let db = h.db.get().await.unwrap();
+    let row: Option<String> =
+        db.query_one("SELECT bucket FROM organizations WHERE name = 'acme'", &[]).await.unwrap().get(0);
+    assert_eq!(row.as_deref(), Some(bucket.as_str()));
+
+    // Readers need a bucket policy, and a policy the registry's principal.
+    let strict = json!({ "storage": { "bucket": format!("{bucket}-x"), "readers": ["arn:aws:iam::2:root"] } });
+    create(&h, "team", org("strict", strict)).await;
+    let refused: Organization = wait_reason(&h, "team", "strict", "False", "InvalidSpec").await;
+    assert!(serde_json::to_string(&refused.status).unwrap().contains("AERUGO_S3_PRINCIPAL"));
+
+    // Once a repository of the organization holds a blob, the bucket stays.
+    create(&h, "team", repo("app", json!({ "organizationRef": { "name": "acme" } }))).await;
+    wait_reason::<Repository>(&h, "team", "app", "True", "Reconciled").await;
+    db.batch_execute(&format!(
+        "INSERT INTO blobs (digest, size) VALUES ('sha256:dd', 1);
+         INSERT INTO blob_objects (digest, location, storage_key) VALUES ('sha256:dd', '{bucket}', 'k');
+         INSERT INTO repository_blobs (repository_id, digest) SELECT id, 'sha256:dd' FROM repositories WHERE name = 'acme/app';"
+    ))
+    .await
+    .unwrap();
+    let orgs: Api<Organization> = Api::namespaced(h.client.clone(), "team");
+    let moved = json!({ "spec": { "storage": { "bucket": format!("{bucket}-moved") } } });
+    orgs.patch("acme", &PatchParams::default(), &Patch::Merge(&moved)).await.unwrap();
+    let refused: Organization = wait_reason(&h, "team", "acme", "False", "InvalidSpec").await;
+    assert!(serde_json::to_string(&refused.status).unwrap().contains("cannot change"));
+    let row: Option<String> =
+        db.query_one("SELECT bucket FROM organizations WHERE name = 'acme'", &[]).await.unwrap().get(0);
+    assert_eq!(row.as_deref(), Some(bucket.as_str()), "the row keeps the bucket its blobs are in");
+}
+
+/// The collector deletes an object in a location no repository reading from it references,
+/// keeps the blob while another location still needs it, and deletes the row last.
+#[tokio::test]
+async fn the_collector_works_per_location() {
+    use aerugo_storage::BlobStore as _;
+
+    let url = aerugo_db::testing::fresh_database().await.expect("database");
+    let db = aerugo_db::pool(&url, 2).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = aerugo_storage::AnyStore::Fs(aerugo_storage::FsStore::new(dir.path()).await.unwrap());
+    let dedicated = store.location("dedicated-1").await.unwrap();
+    let hex = "e".repeat(64);
+    let key = format!("blobs/sha256/ee/{hex}");
+    for root in [dir.path().to_owned(), dir.path().join("locations/dedicated-1")] {
+        std::fs::create_dir_all(root.join("blobs/sha256/ee")).unwrap();
+        std::fs::write(root.join(&key), b"layer").unwrap();
+    }
+    let conn = db.get().await.unwrap();
+    // The blob is in both locations; only the default one's repository links it.
+    conn.batch_execute(&format!(
+        "INSERT INTO organizations (name) VALUES ('plain');
+         INSERT INTO organizations (name, bucket) VALUES ('own', 'dedicated-1');
+         INSERT INTO repositories (org_id, name) SELECT id, name || '/r' FROM organizations;
+         INSERT INTO blobs (digest, size) VALUES ('sha256:{hex}', 5);
+         INSERT INTO blob_objects (digest, location, storage_key) VALUES ('sha256:{hex}', '', '{key}'), ('sha256:{hex}', 'dedicated-1', '{key}');
+         INSERT INTO repository_blobs (repository_id, digest) SELECT id, 'sha256:{hex}' FROM repositories WHERE name = 'plain/r';
+         INSERT INTO gc_blob_review_queue (digest, review_after, event) VALUES ('sha256:{hex}', now() - interval '1 minute', 'test');"
+    ))
+    .await
+    .unwrap();
+    let collected = aerugo_operator::collector::collect(&db, &store, 10).await.expect("collect");
+    assert_eq!((collected.reviewed, collected.deleted), (1, 1));
+    assert_eq!(dedicated.size(&key).await.unwrap(), None, "the dedicated location's object is gone");
+    assert_eq!(store.size(&key).await.unwrap(), Some(5), "the linked location's object stays");
+    let locations: Vec<String> =
+        conn.query("SELECT location FROM blob_objects", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(locations, [""]);
+    // Unlinked everywhere (the trigger queues it; its review is brought forward): all goes.
+    conn.batch_execute(
+        "DELETE FROM repository_blobs; UPDATE gc_blob_review_queue SET review_after = now() - interval '1 minute';",
+    )
+    .await
+    .unwrap();
+    let collected = aerugo_operator::collector::collect(&db, &store, 10).await.expect("collect");
+    assert_eq!((collected.reviewed, collected.deleted), (1, 1));
+    assert_eq!(store.size(&key).await.unwrap(), None);
+    let rows: i64 = conn.query_one("SELECT COUNT(*) FROM blobs", &[]).await.unwrap().get(0);
+    assert_eq!(rows, 0, "the blob row goes once no location holds it");
 }
 
 #[tokio::test]
@@ -700,7 +813,8 @@ async fn reclaim_delete_removes_rows_and_queues_unreferenced_blobs() {
     // Two blobs in `doomed`, one of them shared with `kept`.
     let db = h.db.get().await.unwrap();
     db.batch_execute(
-        "INSERT INTO blobs (digest, size, storage_key) VALUES ('sha256:aa', 10, 'k/aa'), ('sha256:bb', 20, 'k/bb');
+        "INSERT INTO blobs (digest, size) VALUES ('sha256:aa', 10), ('sha256:bb', 20);
+         INSERT INTO blob_objects (digest, location, storage_key) VALUES ('sha256:aa', '', 'k/aa'), ('sha256:bb', '', 'k/bb');
          INSERT INTO repository_blobs (repository_id, digest) SELECT id, 'sha256:aa' FROM repositories WHERE name = 'acme/doomed';
          INSERT INTO repository_blobs (repository_id, digest) SELECT id, 'sha256:bb' FROM repositories WHERE name IN ('acme/doomed', 'acme/kept');",
     )
@@ -800,12 +914,19 @@ async fn the_collector_deletes_unreferenced_blobs_after_their_review() {
     conn.batch_execute(&format!(
         "INSERT INTO organizations (name) VALUES ('o');
          INSERT INTO repositories (org_id, name) SELECT id, 'o/r' FROM organizations;
-         INSERT INTO blobs (digest, size, storage_key) VALUES ('sha256:{a}', 5, '{ka}'), ('sha256:{b}', 5, '{kb}'), ('sha256:{c}', 5, '{kc}');
+         INSERT INTO blobs (digest, size) VALUES ('sha256:{a}', 5), ('sha256:{b}', 5), ('sha256:{c}', 5);
+         INSERT INTO blob_objects (digest, location, storage_key)
+             VALUES ('sha256:{a}', '', '{ka}'), ('sha256:{b}', '', '{kb}'), ('sha256:{c}', '', '{kc}');
          INSERT INTO repository_blobs (repository_id, digest) SELECT id, 'sha256:{b}' FROM repositories;
          INSERT INTO gc_blob_review_queue (digest, review_after, event) VALUES
              ('sha256:{a}', now() - interval '1 minute', 'test'), ('sha256:{b}', now() - interval '1 minute', 'test'),
              ('sha256:{c}', now() + interval '1 day', 'test');",
-        a = hex('a'), b = hex('b'), c = hex('c'), ka = key('a'), kb = key('b'), kc = key('c'),
+        a = hex('a'),
+        b = hex('b'),
+        c = hex('c'),
+        ka = key('a'),
+        kb = key('b'),
+        kc = key('c'),
     ))
     .await
     .unwrap();

@@ -146,6 +146,20 @@ pub async fn sync_org(client: &impl GenericClient, org: &DeclaredOrg<'_>) -> Res
     Ok(Claim::Owned { id, changed: changed > 0 })
 }
 
+/// The dedicated bucket recorded for the Organization object `uid`, and whether any of its
+/// repositories holds blobs; `None` when it has no row yet.
+pub async fn org_location(client: &impl GenericClient, uid: Uuid) -> Result<Option<(Option<String>, bool)>> {
+    Ok(client
+        .query_opt(
+            "SELECT o.bucket, EXISTS (SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+                                       WHERE r.org_id = o.id)
+               FROM organizations o WHERE o.k8s_uid = $1",
+            &[&uid],
+        )
+        .await?
+        .map(|r| (r.get(0), r.get(1))))
+}
+
 /// Makes the organization's members exactly `members` (username, role). Returns the usernames
 /// that do not exist (left out) and whether anything was written.
 pub async fn sync_members(

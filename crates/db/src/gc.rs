@@ -12,13 +12,17 @@ use crate::Result;
 pub struct Due {
     /// The digest.
     pub digest: String,
-    /// The blob's storage key, when its row exists and nothing references it: delete it.
-    pub unreferenced_key: Option<String>,
+    /// The blob's objects (location, storage key) that no repository of their location
+    /// references: delete them.
+    pub unreferenced: Vec<(String, String)>,
+    /// Nothing references the blob anywhere: its row goes too.
+    pub delete_blob: bool,
 }
 
-/// Takes up to `limit` due entries and locks their blob rows. Whether each is still
+/// Takes up to `limit` due entries and locks their blob rows. Whether each object is still
 /// unreferenced is checked after the lock, so a concurrent link either committed before (and
-/// is seen) or waits for this transaction (and then fails its foreign key, and is retried).
+/// is seen) or waits for this transaction (its foreign key locks the blob row) and then finds
+/// its location's object gone (the data plane checks, and the client uploads again).
 pub async fn take_due(client: &impl GenericClient, limit: i64) -> Result<Vec<Due>> {
     let digests: Vec<String> = client
         .query(
@@ -32,10 +36,21 @@ pub async fn take_due(client: &impl GenericClient, limit: i64) -> Result<Vec<Due
         .collect();
     let mut due = Vec::with_capacity(digests.len());
     for digest in digests {
-        let key: Option<String> = client
-            .query_opt("SELECT storage_key FROM blobs WHERE digest = $1 FOR UPDATE", &[&digest])
-            .await?
-            .map(|r| r.get(0));
+        let exists = client.query_opt("SELECT 1 FROM blobs WHERE digest = $1 FOR UPDATE", &[&digest]).await?.is_some();
+        // Per location: does a repository reading from it link or reference the blob?
+        let objects = client
+            .query(
+                "SELECT bo.location, bo.storage_key,
+                        EXISTS (SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+                                  JOIN organizations o ON o.id = r.org_id
+                                 WHERE rb.digest = bo.digest AND COALESCE(o.bucket, '') = bo.location)
+                     OR EXISTS (SELECT 1 FROM manifest_blobs mb JOIN manifests m ON m.id = mb.manifest_id
+                                  JOIN repositories r ON r.id = m.repository_id JOIN organizations o ON o.id = r.org_id
+                                 WHERE mb.digest = bo.digest AND COALESCE(o.bucket, '') = bo.location)
+                   FROM blob_objects bo WHERE bo.digest = $1 ORDER BY bo.location",
+                &[&digest],
+            )
+            .await?;
         let referenced: bool = client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM repository_blobs WHERE digest = $1)
@@ -44,13 +59,17 @@ pub async fn take_due(client: &impl GenericClient, limit: i64) -> Result<Vec<Due
             )
             .await?
             .get(0);
-        due.push(Due { unreferenced_key: key.filter(|_| !referenced), digest });
+        let unreferenced =
+            objects.iter().filter(|r| !r.get::<_, bool>(2)).map(|r| (r.get(0), r.get(1))).collect::<Vec<_>>();
+        due.push(Due { unreferenced, delete_blob: exists && !referenced, digest });
     }
     Ok(due)
 }
 
-/// Removes a reviewed entry, and the blob row when `delete_blob`.
-pub async fn finish(client: &impl GenericClient, digest: &str, delete_blob: bool) -> Result<()> {
+/// Removes a reviewed entry and the object rows of `locations` (their objects were deleted),
+/// and the blob row when `delete_blob`.
+pub async fn finish(client: &impl GenericClient, digest: &str, locations: &[String], delete_blob: bool) -> Result<()> {
+    client.execute("DELETE FROM blob_objects WHERE digest = $1 AND location = ANY($2)", &[&digest, &locations]).await?;
     if delete_blob {
         client.execute("DELETE FROM blobs WHERE digest = $1", &[&digest]).await?;
     }

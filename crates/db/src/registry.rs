@@ -19,6 +19,9 @@ pub struct Repository {
     pub visibility: String,
     /// Tag patterns (globs) whose tags never move once pushed.
     pub immutable_tag_patterns: Vec<String>,
+    /// Where its blobs are stored: `""` for the registry's store, else its organization's
+    /// dedicated bucket.
+    pub location: String,
 }
 
 impl From<Row> for Repository {
@@ -29,6 +32,7 @@ impl From<Row> for Repository {
             name: row.get("name"),
             visibility: row.get("visibility"),
             immutable_tag_patterns: row.get("immutable_tag_patterns"),
+            location: row.get("location"),
         }
     }
 }
@@ -40,8 +44,10 @@ pub struct Blob {
     pub digest: String,
     /// Size in bytes.
     pub size: i64,
-    /// Where the backend keeps it.
+    /// Where the backend keeps it, in `location`.
     pub storage_key: String,
+    /// The store holding this object (`""`: the registry's).
+    pub location: String,
 }
 
 /// A stored manifest.
@@ -152,8 +158,9 @@ pub async fn ensure_organization(client: &impl GenericClient, name: &str) -> Res
 pub async fn find_repository(client: &impl GenericClient, name: &str) -> Result<Option<Repository>> {
     let stmt = client
         .prepare_cached(
-            "SELECT id, org_id, name, visibility, immutable_tag_patterns FROM repositories
-             WHERE name = $1 AND deleted_at IS NULL",
+            "SELECT r.id, r.org_id, r.name, r.visibility, r.immutable_tag_patterns, COALESCE(o.bucket, '') AS location
+               FROM repositories r JOIN organizations o ON o.id = r.org_id
+              WHERE r.name = $1 AND r.deleted_at IS NULL",
         )
         .await?;
     Ok(client.query_opt(&stmt, &[&name]).await?.map(Repository::from))
@@ -164,10 +171,12 @@ pub async fn find_repository(client: &impl GenericClient, name: &str) -> Result<
 pub async fn ensure_repository(client: &impl GenericClient, org_id: i64, name: &str) -> Result<Repository> {
     let stmt = client
         .prepare_cached(
-            "INSERT INTO repositories (org_id, name, visibility, managed_by)
-             SELECT $1, $2, o.default_visibility, 'api' FROM organizations o WHERE o.id = $1
-             ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-             RETURNING id, org_id, name, visibility, immutable_tag_patterns",
+            "WITH r AS (
+                 INSERT INTO repositories (org_id, name, visibility, managed_by)
+                 SELECT $1, $2, o.default_visibility, 'api' FROM organizations o WHERE o.id = $1
+                 ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
+                 RETURNING id, org_id, name, visibility, immutable_tag_patterns)
+             SELECT r.*, COALESCE(o.bucket, '') AS location FROM r JOIN organizations o ON o.id = r.org_id",
         )
         .await?;
     Ok(client.query_one(&stmt, &[&org_id, &name]).await?.into())
@@ -180,24 +189,28 @@ pub async fn touch_repository(client: &impl GenericClient, repository_id: i64) -
     Ok(())
 }
 
-/// The blob `digest` if it is linked to the repository.
-pub async fn repository_blob(client: &impl GenericClient, repository_id: i64, digest: &str) -> Result<Option<Blob>> {
+/// The blob `digest` if it is linked to the repository, with its object in the repository's
+/// location.
+pub async fn repository_blob(client: &impl GenericClient, repo: &Repository, digest: &str) -> Result<Option<Blob>> {
     let stmt = client
         .prepare_cached(
-            "SELECT b.digest, b.size, b.storage_key FROM repository_blobs rb
+            "SELECT b.digest, b.size, bo.storage_key, bo.location FROM repository_blobs rb
              JOIN blobs b ON b.digest = rb.digest
+             JOIN blob_objects bo ON bo.digest = rb.digest AND bo.location = $3
              WHERE rb.repository_id = $1 AND rb.digest = $2",
         )
         .await?;
-    Ok(client.query_opt(&stmt, &[&repository_id, &digest]).await?.map(|r| Blob {
+    Ok(client.query_opt(&stmt, &[&repo.id, &digest, &repo.location]).await?.map(|r| Blob {
         digest: r.get(0),
         size: r.get(1),
         storage_key: r.get(2),
+        location: r.get(3),
     }))
 }
 
-/// Resolves repository `name` and, in the same round trip, the blob `digest` linked there:
-/// `None` when the repository does not exist, `Some(None)` when the blob is not linked.
+/// Resolves repository `name` and, in the same round trip, the blob `digest` linked there
+/// with its object in the repository's location: `None` when the repository does not exist,
+/// `Some(None)` when the blob is not linked.
 pub async fn blob_by_repository_name(
     client: &impl GenericClient,
     name: &str,
@@ -205,27 +218,48 @@ pub async fn blob_by_repository_name(
 ) -> Result<Option<Option<Blob>>> {
     let stmt = client
         .prepare_cached(
-            "SELECT b.digest, b.size, b.storage_key FROM repositories r
+            "SELECT b.digest, b.size, bo.storage_key, bo.location FROM repositories r
+             JOIN organizations o ON o.id = r.org_id
              LEFT JOIN repository_blobs rb ON rb.repository_id = r.id AND rb.digest = $2
              LEFT JOIN blobs b ON b.digest = rb.digest
+             LEFT JOIN blob_objects bo ON bo.digest = rb.digest AND bo.location = COALESCE(o.bucket, '')
              WHERE r.name = $1 AND r.deleted_at IS NULL",
         )
         .await?;
     Ok(client.query_opt(&stmt, &[&name, &digest]).await?.map(|r| {
-        let digest: Option<String> = r.get(0);
-        digest.map(|digest| Blob { digest, size: r.get(1), storage_key: r.get(2) })
+        let key: Option<String> = r.get(2);
+        key.map(|storage_key| Blob { digest: r.get(0), size: r.get(1), storage_key, location: r.get(3) })
     }))
 }
 
-/// Records a completed blob (idempotent: content-addressed rows never change). Returns
-/// whether the row is new.
-pub async fn insert_blob(client: &impl GenericClient, digest: &str, size: i64, storage_key: &str) -> Result<bool> {
-    let stmt = client
+/// Records a completed blob's object in `location` (idempotent: content-addressed rows never
+/// change). Returns whether the object row is new.
+pub async fn insert_blob(
+    client: &impl GenericClient,
+    digest: &str,
+    size: i64,
+    location: &str,
+    storage_key: &str,
+) -> Result<bool> {
+    let blob = client
+        .prepare_cached("INSERT INTO blobs (digest, size) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING")
+        .await?;
+    client.execute(&blob, &[&digest, &size]).await?;
+    let object = client
         .prepare_cached(
-            "INSERT INTO blobs (digest, size, storage_key) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING",
+            "INSERT INTO blob_objects (digest, location, storage_key) VALUES ($1, $2, $3)
+             ON CONFLICT (digest, location) DO NOTHING",
         )
         .await?;
-    Ok(client.execute(&stmt, &[&digest, &size, &storage_key]).await? > 0)
+    Ok(client.execute(&object, &[&digest, &location, &storage_key]).await? > 0)
+}
+
+/// Whether the object of `digest` in `location` is recorded. Called after a link, whose
+/// foreign key waited for any collector holding the blob: a collection that removed the object
+/// meanwhile is seen here, and the link must not be published.
+pub async fn object_present(client: &impl GenericClient, digest: &str, location: &str) -> Result<bool> {
+    let stmt = client.prepare_cached("SELECT 1 FROM blob_objects WHERE digest = $1 AND location = $2").await?;
+    Ok(client.query_opt(&stmt, &[&digest, &location]).await?.is_some())
 }
 
 /// Makes `digest` readable in the repository (idempotent).

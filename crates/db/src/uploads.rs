@@ -24,6 +24,8 @@ pub struct Upload {
     pub pending: Vec<u8>,
     /// Optimistic-lock version.
     pub version: i64,
+    /// The storage location it writes to (its repository's when it opened).
+    pub location: String,
 }
 
 impl From<Row> for Upload {
@@ -36,18 +38,20 @@ impl From<Row> for Upload {
             store_state: row.get("store_state"),
             pending: row.get("pending"),
             version: row.get("version"),
+            location: row.get("location"),
         }
     }
 }
 
-const COLUMNS: &str = "id, repository_id, received_bytes, hash_state, store_state, pending, version";
+const COLUMNS: &str = "id, repository_id, received_bytes, hash_state, store_state, pending, version, location";
 
 /// Persists a new session that expires after `ttl_secs` of inactivity.
 pub async fn create(client: &impl GenericClient, upload: &Upload, ttl_secs: f64) -> Result<()> {
     let stmt = client
         .prepare_cached(
-            "INSERT INTO uploads (id, repository_id, received_bytes, hash_state, store_state, pending, version, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))",
+            "INSERT INTO uploads (id, repository_id, received_bytes, hash_state, store_state, pending, version, expires_at,
+                                  location)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9)",
         )
         .await?;
     client
@@ -62,6 +66,7 @@ pub async fn create(client: &impl GenericClient, upload: &Upload, ttl_secs: f64)
                 &upload.pending,
                 &upload.version,
                 &ttl_secs,
+                &upload.location,
             ],
         )
         .await?;

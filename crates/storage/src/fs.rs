@@ -27,6 +27,12 @@ pub struct FsStore {
 }
 
 impl FsStore {
+    /// The store of a dedicated location: `locations/<name>` under this root (the caller
+    /// checked the name).
+    pub async fn location(&self, name: &str) -> Result<Self> {
+        Self::new(self.root.join("locations").join(name)).await
+    }
+
     /// A store rooted at `root`, created if missing.
     pub async fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();

@@ -143,6 +143,30 @@ pub enum AnyStore {
     S3(S3Store),
 }
 
+impl AnyStore {
+    /// The store of `location`: `""` is this store; any other value is a dedicated bucket on
+    /// the same S3 service with the same credentials, or (filesystem) the directory
+    /// `locations/<location>` under this store's root. Location names follow S3 bucket naming
+    /// (lowercase letters, digits, `.` and `-`), so no name reaches outside the root.
+    pub async fn location(&self, location: &str) -> Result<AnyStore> {
+        if location.is_empty() {
+            return Ok(self.clone());
+        }
+        let valid = location.len() >= 3
+            && location.len() <= 63
+            && location.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+            && !location.starts_with(['.', '-'])
+            && !location.contains("..");
+        if !valid {
+            return Err(Error::CorruptState(format!("{location:?} is not a storage location name")));
+        }
+        Ok(match self {
+            AnyStore::Fs(fs) => AnyStore::Fs(fs.location(location).await?),
+            AnyStore::S3(s3) => AnyStore::S3(s3.in_bucket(location)),
+        })
+    }
+}
+
 /// A writer of either backend.
 pub enum AnyWriter {
     /// Filesystem writer.
@@ -224,6 +248,23 @@ impl BlobStore for AnyStore {
         match self {
             AnyStore::Fs(s) => s.check().await,
             AnyStore::S3(s) => s.check().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod location_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn locations_are_directories_under_the_root_and_names_cannot_escape_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = AnyStore::Fs(FsStore::new(dir.path()).await.expect("store"));
+        assert!(store.location("").await.is_ok());
+        store.location("acme-blobs.v2").await.expect("a bucket name is a location");
+        assert!(dir.path().join("locations/acme-blobs.v2/blobs").is_dir());
+        for bad in ["..", "../x", "a/b", "Acme", "-acme", ".acme", "a..b", "ab", "x y"] {
+            assert!(store.location(bad).await.is_err(), "{bad:?} must be refused");
         }
     }
 }

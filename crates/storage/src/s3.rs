@@ -80,6 +80,11 @@ fn upload_key(id: Uuid) -> String {
 }
 
 impl S3Store {
+    /// The same service and credentials, another bucket.
+    pub fn in_bucket(&self, bucket: &str) -> Self {
+        S3Store { client: self.client.clone(), bucket: bucket.to_owned() }
+    }
+
     /// A store using `config`. No request is made until first use.
     pub fn new(config: &S3Config) -> Self {
         let credentials =

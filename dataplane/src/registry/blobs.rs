@@ -37,8 +37,9 @@ impl Registry {
     /// Reads a blob: a presigned redirect when configured and possible, else a stream.
     pub async fn read_blob(&self, name: &RepoName, digest: &Digest, range: Option<&str>) -> Result<(Blob, BlobBody)> {
         let blob = self.blob(name, digest).await?;
+        let store = self.store.location(&blob.location).await?;
         if self.settings.redirect == RedirectMode::Presign
-            && let Some(url) = self.store.presign(&blob.storage_key, self.settings.presign_ttl).await?
+            && let Some(url) = store.presign(&blob.storage_key, self.settings.presign_ttl).await?
         {
             return Ok((blob, BlobBody::Redirect(url)));
         }
@@ -48,7 +49,7 @@ impl Registry {
             RangeRequest::Partial(r) => Some(r),
             RangeRequest::Unsatisfiable => return Err(RegistryError::RangeNotSatisfiable { size }),
         };
-        let stream = match self.store.read(&blob.storage_key, range).await {
+        let stream = match store.read(&blob.storage_key, range).await {
             Err(aerugo_storage::Error::NotFound(key)) => {
                 return Err(RegistryError::Internal(format!("blob {digest} has a row but no object at {key}")));
             }

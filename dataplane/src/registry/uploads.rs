@@ -7,7 +7,7 @@ use aerugo_db::registry::Repository;
 use aerugo_db::{PooledClient, registry, uploads};
 use aerugo_oci::range::ChunkRange;
 use aerugo_oci::{Digest, RepoName, ResumableSha256};
-use aerugo_storage::{AnyWriter, BlobStore, UploadState, UploadWriter};
+use aerugo_storage::{AnyStore, AnyWriter, BlobStore, UploadState, UploadWriter};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
@@ -72,7 +72,7 @@ impl Registry {
         let mut client = self.client().await?;
         let repo = self.repository_for_push(&client, name, actor).await?;
         if let Some((digest, from)) = mount
-            && mount_blob(&mut client, &repo, &digest, from.as_ref(), actor).await?
+            && self.mount_blob(&mut client, &repo, &digest, from.as_ref(), actor).await?
         {
             return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
         }
@@ -80,9 +80,10 @@ impl Registry {
             // No connection is held while the body streams in.
             drop(client);
             let id = Uuid::new_v4();
-            let writer = self.store.resume_upload(id, UploadState::default(), Vec::new()).await?;
+            let store = self.store.location(&repo.location).await?;
+            let writer = store.resume_upload(id, UploadState::default(), Vec::new()).await?;
             let written = write_body(writer, ResumableSha256::new(), 0, body).await?;
-            self.publish(&repo, id, written, &digest, actor).await?;
+            self.publish(&repo, &repo.location, id, written, &digest, actor).await?;
             return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
         }
         let id = Uuid::new_v4();
@@ -94,6 +95,7 @@ impl Registry {
             store_state: json!(UploadState::default()),
             pending: Vec::new(),
             version: 0,
+            location: repo.location.clone(),
         };
         uploads::create(&client, &upload, self.settings.upload_ttl.as_secs_f64()).await?;
         Ok(StartUpload::Session(UploadProgress { location: self.upload_url(name, id), id, offset: 0 }))
@@ -149,7 +151,7 @@ impl Registry {
             return Err(RegistryError::BlobUploadUnknown);
         }
         drop(client);
-        self.publish(&repo, id, written, digest, actor).await?;
+        self.publish(&repo, &upload.location, id, written, digest, actor).await?;
         Ok(self.blob_url(name, digest))
     }
 
@@ -165,7 +167,7 @@ impl Registry {
         let repo = self.repository(&client, name).await?;
         let upload = uploads::cancel(&client, id, repo.id).await?.ok_or(RegistryError::BlobUploadUnknown)?;
         drop(client);
-        self.store.abort_upload(id, &store_state(&upload)?).await?;
+        self.store.location(&upload.location).await?.abort_upload(id, &store_state(&upload)?).await?;
         Ok(())
     }
 
@@ -182,7 +184,8 @@ impl Registry {
             for upload in &batch {
                 match store_state(upload) {
                     Ok(state) => {
-                        if let Err(e) = self.store.abort_upload(upload.id, &state).await {
+                        let store = self.store.location(&upload.location).await?;
+                        if let Err(e) = store.abort_upload(upload.id, &state).await {
                             tracing::warn!(upload = %upload.id, error = %e, "freeing expired upload storage failed");
                         }
                     }
@@ -233,7 +236,8 @@ impl Registry {
         let hasher = ResumableSha256::from_state(&upload.hash_state)
             .map_err(|e| RegistryError::Internal(format!("upload {}: {e}", upload.id)))?;
         let (state, pending) = (store_state(&upload)?, upload.pending.clone());
-        let writer = match self.store.resume_upload(upload.id, state, pending).await {
+        let store = self.store.location(&upload.location).await?;
+        let writer = match store.resume_upload(upload.id, state, pending).await {
             // A concurrent chunk holds the session: answer as for any chunk that does not start
             // where the session stands, with the session intact.
             Err(aerugo_storage::Error::Busy(_)) => return Err(self.range_mismatch(name, &upload)),
@@ -245,66 +249,152 @@ impl Registry {
     }
 
     /// Verifies the content against `digest` and makes the blob visible in `repo`; on a
-    /// mismatch the upload's storage is released and nothing becomes visible.
+    /// mismatch the upload's storage is released and nothing becomes visible. `location` is
+    /// where the upload wrote.
     async fn publish(
         &self,
         repo: &Repository,
+        location: &str,
         id: Uuid,
         written: Written<AnyWriter>,
         digest: &Digest,
         actor: &Actor,
     ) -> Result<()> {
+        let store = self.store.location(location).await?;
         let computed = written.hasher.finish();
         if &computed != digest {
             let (state, _) = written.writer.pause().await?;
-            self.store.abort_upload(id, &state).await?;
+            store.abort_upload(id, &state).await?;
             return Err(RegistryError::DigestInvalid(format!("content has digest {computed}, not {digest}")));
         }
+        if location != repo.location {
+            let (state, _) = written.writer.pause().await?;
+            store.abort_upload(id, &state).await?;
+            return Err(RegistryError::Unavailable(format!(
+                "the storage of {} changed during this upload; upload it again",
+                repo.name
+            )));
+        }
         let size = i64::try_from(written.received).map_err(|_| too_large())?;
-        let key = self.store.complete_upload(written.writer, digest).await?;
+        let key = store.complete_upload(written.writer, digest).await?;
+        self.record_blob(
+            repo,
+            digest,
+            size,
+            &key,
+            &store,
+            actor,
+            json!({ "digest": digest, "size": size }),
+            "blob.push",
+        )
+        .await?;
+        tracing::debug!(repo = %repo.name, %digest, size_bytes = size, "blob stored");
+        Ok(())
+    }
+
+    /// Records the object `key` of `digest` in `repo`'s location and links it there, in one
+    /// transaction, unless the garbage collector took the object meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_blob(
+        &self,
+        repo: &Repository,
+        digest: &Digest,
+        size: i64,
+        key: &str,
+        store: &AnyStore,
+        actor: &Actor,
+        detail: serde_json::Value,
+        action: &str,
+    ) -> Result<()> {
+        let collected = || {
+            RegistryError::Unavailable(format!(
+                "blob {digest} was collected while it was being stored; upload it again"
+            ))
+        };
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
         // A new row while the object may have been there before us (completion keeps an existing
         // object instead of writing it again): make sure the garbage collector did not delete
-        // that object while this upload completed. If it did, nothing is published and the
-        // client uploads again.
-        if registry::insert_blob(&tx, digest.as_str(), size, &key).await? && self.store.size(&key).await?.is_none() {
-            return Err(RegistryError::Unavailable(format!(
-                "blob {digest} was collected while this upload completed; upload it again"
-            )));
+        // that object while this upload completed.
+        if registry::insert_blob(&tx, digest.as_str(), size, &repo.location, key).await?
+            && store.size(key).await?.is_none()
+        {
+            return Err(collected());
         }
         registry::link_blob(&tx, repo.id, digest.as_str()).await?;
-        actor.record(&tx, "blob.push", repo, json!({ "digest": digest, "size": size })).await?;
+        // The link waited for any collector holding the blob; one that removed this location's
+        // object meanwhile is seen now.
+        if !registry::object_present(&tx, digest.as_str(), &repo.location).await? {
+            return Err(collected());
+        }
+        actor.record(&tx, action, repo, detail).await?;
         tx.commit().await.map_err(aerugo_db::Error::from)?;
-        tracing::debug!(repo = %repo.name, %digest, size_bytes = size, "blob stored");
         Ok(())
+    }
+
+    /// Links `digest` into `repo` if it is readable in `from` (or already there). Within one
+    /// storage location that is a link; across locations (organizations with dedicated
+    /// buckets) the object is copied first. The caller's connection is used: a request never
+    /// holds two pool connections at once.
+    async fn mount_blob(
+        &self,
+        client: &mut PooledClient,
+        repo: &Repository,
+        digest: &Digest,
+        from: Option<&RepoName>,
+        actor: &Actor,
+    ) -> Result<bool> {
+        if registry::repository_blob(&*client, repo, digest.as_str()).await?.is_some() {
+            return Ok(true);
+        }
+        let Some(from) = from else { return Ok(false) };
+        let Some(source) = registry::find_repository(&*client, from.as_str()).await? else {
+            return Ok(false);
+        };
+        let Some(blob) = registry::repository_blob(&*client, &source, digest.as_str()).await? else {
+            return Ok(false);
+        };
+        let detail = json!({ "digest": digest, "from": from.as_str() });
+        if source.location != repo.location {
+            let target = self.store.location(&repo.location).await?;
+            let key =
+                copy_object(&self.store.location(&source.location).await?, &blob.storage_key, &target, digest).await?;
+            self.record_blob(repo, digest, blob.size, &key, &target, actor, detail, "blob.mount").await?;
+            return Ok(true);
+        }
+        let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+        registry::link_blob(&tx, repo.id, digest.as_str()).await?;
+        if !registry::object_present(&tx, digest.as_str(), &repo.location).await? {
+            return Ok(false);
+        }
+        actor.record(&tx, "blob.mount", repo, detail).await?;
+        tx.commit().await.map_err(aerugo_db::Error::from)?;
+        Ok(true)
     }
 }
 
-/// Links `digest` into `repo` if it is readable in `from` (or already there), on the caller's
-/// connection: a request never holds two pool connections at once.
-async fn mount_blob(
-    client: &mut PooledClient,
-    repo: &Repository,
-    digest: &Digest,
-    from: Option<&RepoName>,
-    actor: &Actor,
-) -> Result<bool> {
-    if registry::repository_blob(&*client, repo.id, digest.as_str()).await?.is_some() {
-        return Ok(true);
-    }
-    let Some(from) = from else { return Ok(false) };
-    let Some(source) = registry::find_repository(&*client, from.as_str()).await? else {
-        return Ok(false);
+/// Copies a verified blob's object from one store to another (streamed, never whole in
+/// memory); returns its key in `to`.
+async fn copy_object(from: &AnyStore, key: &str, to: &AnyStore, digest: &Digest) -> Result<String> {
+    let mut stream = match from.read(key, None).await {
+        Err(aerugo_storage::Error::NotFound(key)) => {
+            return Err(RegistryError::Internal(format!("blob {digest} has a row but no object at {key}")));
+        }
+        other => other?,
     };
-    let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
-    if registry::repository_blob(&tx, source.id, digest.as_str()).await?.is_none() {
-        return Ok(false);
+    let id = Uuid::new_v4();
+    let mut writer = to.resume_upload(id, UploadState::default(), Vec::new()).await?;
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(chunk) => writer.write(chunk).await?,
+            Err(e) => {
+                let (state, _) = writer.pause().await?;
+                to.abort_upload(id, &state).await?;
+                return Err(aerugo_storage::Error::Io(e).into());
+            }
+        }
     }
-    registry::link_blob(&tx, repo.id, digest.as_str()).await?;
-    actor.record(&tx, "blob.mount", repo, json!({ "digest": digest, "from": from.as_str() })).await?;
-    tx.commit().await.map_err(aerugo_db::Error::from)?;
-    Ok(true)
+    Ok(to.complete_upload(writer, digest).await?)
 }
 
 /// Streams `body` into the upload's storage while hashing it; nothing is held whole.

@@ -6,6 +6,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::test::TestRequest;
 use aerugo_dataplane::config::RedirectMode;
 use aerugo_oci::Digest;
+use aerugo_storage::{S3Config, S3Store};
 
 use crate::harness::*;
 
@@ -141,4 +142,64 @@ async fn parts_uploaded_concurrently_are_assembled_in_order() {
     let pulled = call(&app, Method::GET, &format!("/v2/s3/order/blobs/{digest}")).await;
     assert_eq!(pulled.body.len(), data.len());
     assert!(pulled.body == data, "stored object differs from the uploaded bytes");
+}
+
+/// An organization with a dedicated bucket (`organizations.bucket`, what the operator writes
+/// for `Organization.spec.storage`) keeps its blobs there: uploads (chunked and monolithic) land
+/// in it, pulls and presigned redirects read from it, a layer shared with an organization on the
+/// registry's bucket is stored once in each, and a mount across the two copies the object.
+#[actix_web::test]
+async fn a_dedicated_bucket_holds_its_organizations_blobs() {
+    let config = require_s3!();
+    let db = fresh_db().await;
+    let registry = s3_registry(&db, &config, RedirectMode::Presign).await;
+    let app = app(&registry).await;
+    let dedicated = S3Config { bucket: format!("d-{}", uuid::Uuid::new_v4().simple()), ..config.clone() };
+    let own = S3Store::new(&dedicated);
+    own.ensure_bucket().await.expect("dedicated bucket");
+    let shared = S3Store::new(&config);
+    let client = aerugo_db::pool(&db, 1).expect("pool").get().await.expect("client");
+    client
+        .execute("INSERT INTO organizations (name, bucket) VALUES ('own', $1)", &[&dedicated.bucket])
+        .await
+        .expect("organization");
+
+    // The same image in both organizations: one object per bucket.
+    push_image(&app, "own/app", "v1", 7).await;
+    push_image(&app, "plain/app", "v1", 7).await;
+    let in_own = own.list_keys("").await.expect("list");
+    assert_eq!(in_own.len(), 2, "config and layer: {in_own:?}");
+    assert_eq!(shared.list_keys("").await.expect("list"), in_own, "the registry's bucket holds its own copies");
+
+    // A chunked upload (multipart, over the part minimum) goes to the dedicated bucket too.
+    let data = bytes_of(6 * 1024 * 1024, 21);
+    let digest = Digest::sha256_of(&data);
+    let location = start_upload(&app, "own/app").await;
+    let reply = send(&app, TestRequest::patch().uri(&location).set_payload(data.clone())).await;
+    let location = reply.header("location").expect("location").to_owned();
+    assert_eq!(call(&app, Method::PUT, &format!("{location}?digest={digest}")).await.status, StatusCode::CREATED);
+    assert!(own.list_keys("").await.expect("list").contains(&aerugo_storage::blob_key(&digest)));
+    assert!(!shared.list_keys("").await.expect("list").contains(&aerugo_storage::blob_key(&digest)));
+    assert_eq!(own.multipart_uploads().await.expect("list"), Vec::<String>::new());
+    // Pulls are redirected into the dedicated bucket.
+    let reply = call(&app, Method::GET, &format!("/v2/own/app/blobs/{digest}")).await;
+    assert_eq!(reply.status, StatusCode::TEMPORARY_REDIRECT);
+    let url = reply.header("location").expect("presigned URL").to_owned();
+    assert!(url.contains(&dedicated.bucket), "{url}");
+    let fetched = tokio::process::Command::new("curl").args(["-sf", &url]).output().await.expect("curl");
+    assert!(fetched.status.success(), "presigned URL refused: {url}");
+    assert_eq!(Digest::sha256_of(&fetched.stdout), digest);
+
+    // A mount from the registry's bucket into the dedicated one copies the object.
+    let only_plain = bytes_of(300_000, 22);
+    let d = push_blob(&app, "plain/src", &only_plain).await;
+    let reply = call(&app, Method::POST, &format!("/v2/own/copy/blobs/uploads/?mount={d}&from=plain/src")).await;
+    assert_eq!(reply.status, StatusCode::CREATED);
+    assert!(own.list_keys("").await.expect("list").contains(&aerugo_storage::blob_key(&d)));
+    let rows: i64 = client
+        .query_one("SELECT COUNT(*) FROM blob_objects WHERE digest = $1", &[&d.to_string()])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 2, "one object per location");
 }
