@@ -72,6 +72,10 @@ pub enum RegistryError {
     /// `DENIED`: the operation is refused (e.g. deleting content still referenced).
     #[error("requested access to the resource is denied")]
     Denied(String),
+    /// `DENIED`: the push would take the organization over its storage quota (the message
+    /// names the quota and the numbers).
+    #[error("{0}")]
+    OverQuota(String),
     /// `DENIED` with 409: the push or delete would move or remove an immutable tag.
     #[error("the tag is immutable")]
     ImmutableTag(String),
@@ -134,7 +138,7 @@ impl RegistryError {
             Self::TagInvalid(_) => "TAG_INVALID",
             Self::SizeInvalid { .. } => "SIZE_INVALID",
             Self::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
-            Self::Denied(_) | Self::ImmutableTag(_) | Self::InsufficientScope { .. } => "DENIED",
+            Self::Denied(_) | Self::OverQuota(_) | Self::ImmutableTag(_) | Self::InsufficientScope { .. } => "DENIED",
             Self::Unsupported(_) => "UNSUPPORTED",
             Self::Unauthorized { .. } => "UNAUTHORIZED",
             Self::TooManyRequests { .. } => "TOOMANYREQUESTS",
@@ -158,6 +162,7 @@ impl RegistryError {
             | Self::TagInvalid(d)
             | Self::PaginationInvalid(d)
             | Self::Denied(d)
+            | Self::OverQuota(d)
             | Self::ImmutableTag(d)
             | Self::Unsupported(d)
             | Self::InvalidRequest(d) => json!(d),
@@ -182,7 +187,7 @@ impl ResponseError for RegistryError {
             | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::RangeMismatch { .. } | Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::SizeInvalid { over_limit: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Denied(_) | Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::Denied(_) | Self::OverQuota(_) | Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Self::ImmutableTag(_) => StatusCode::CONFLICT,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,

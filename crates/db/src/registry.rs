@@ -254,6 +254,56 @@ pub async fn insert_blob(
     Ok(client.execute(&object, &[&digest, &location, &storage_key]).await? > 0)
 }
 
+/// An organization's storage quota that a push would exceed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverQuota {
+    /// The organization's name.
+    pub org: String,
+    /// Its quota, bytes.
+    pub quota: i64,
+    /// Bytes its repositories hold now (each distinct blob once).
+    pub used: i64,
+    /// Bytes the push adds (0 when the organization already holds the blob).
+    pub adds: i64,
+}
+
+/// Whether adding blob `digest` (`size` bytes; `None`: just opening an upload) to a
+/// repository of organization `org_id` exceeds its quota. Usage counts each distinct blob once,
+/// so a blob the organization already holds adds nothing. With a quota set, the organization
+/// row is locked (`FOR NO KEY UPDATE`: repositories can still be created) until the caller's
+/// transaction ends, so concurrent pushes are counted one after another.
+pub async fn over_quota(
+    client: &impl GenericClient,
+    org_id: i64,
+    digest: Option<&str>,
+    size: i64,
+) -> Result<Option<OverQuota>> {
+    let quota = client.prepare_cached("SELECT quota_bytes FROM organizations WHERE id = $1").await?;
+    let Some(Some(_)) = client.query_opt(&quota, &[&org_id]).await?.map(|r| r.get::<_, Option<i64>>(0)) else {
+        return Ok(None);
+    };
+    let stmt = client
+        .prepare_cached(
+            "SELECT o.name, o.quota_bytes,
+                    (SELECT COALESCE(SUM(b.size), 0)::bigint FROM blobs b
+                      WHERE b.digest IN (SELECT rb.digest FROM repository_blobs rb
+                                           JOIN repositories r ON r.id = rb.repository_id WHERE r.org_id = o.id)),
+                    EXISTS (SELECT 1 FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+                             WHERE r.org_id = o.id AND rb.digest = $2)
+               FROM organizations o WHERE o.id = $1 FOR NO KEY UPDATE OF o",
+        )
+        .await?;
+    let row = client.query_one(&stmt, &[&org_id, &digest.unwrap_or_default()]).await?;
+    let (org, quota, used, held): (String, Option<i64>, i64, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+    let Some(quota) = quota else { return Ok(None) };
+    let adds = if held { 0 } else { size };
+    let exceeded = match digest {
+        Some(_) => adds > 0 && used + adds > quota,
+        None => used >= quota,
+    };
+    Ok(exceeded.then_some(OverQuota { org, quota, used, adds }))
+}
+
 /// Whether the object of `digest` in `location` is recorded. Called after a link, whose
 /// foreign key waited for any collector holding the blob: a collection that removed the object
 /// meanwhile is seen here, and the link must not be published.

@@ -76,6 +76,9 @@ impl Registry {
         {
             return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
         }
+        if let Some(over) = registry::over_quota(&client, repo.org_id, None, 0).await? {
+            return Err(quota_denied(&over));
+        }
         if let Some((digest, body)) = monolithic {
             // No connection is held while the body streams in.
             drop(client);
@@ -276,6 +279,14 @@ impl Registry {
             )));
         }
         let size = i64::try_from(written.received).map_err(|_| too_large())?;
+        // Over quota: nothing is completed (the final check, under the organization's lock,
+        // comes with the link).
+        let over = registry::over_quota(&self.client().await?, repo.org_id, Some(digest.as_str()), size).await?;
+        if let Some(over) = over {
+            let (state, _) = written.writer.pause().await?;
+            store.abort_upload(id, &state).await?;
+            return Err(quota_denied(&over));
+        }
         let key = store.complete_upload(written.writer, digest).await?;
         self.record_blob(
             repo,
@@ -316,10 +327,17 @@ impl Registry {
         // A new row while the object may have been there before us (completion keeps an existing
         // object instead of writing it again): make sure the garbage collector did not delete
         // that object while this upload completed.
-        if registry::insert_blob(&tx, digest.as_str(), size, &repo.location, key).await?
-            && store.size(key).await?.is_none()
-        {
+        let new_object = registry::insert_blob(&tx, digest.as_str(), size, &repo.location, key).await?;
+        if new_object && store.size(key).await?.is_none() {
             return Err(collected());
+        }
+        if let Some(over) = registry::over_quota(&tx, repo.org_id, Some(digest.as_str()), size).await? {
+            drop(tx);
+            // No row points at an object this push wrote: remove it.
+            if new_object {
+                store.delete(key).await?;
+            }
+            return Err(quota_denied(&over));
         }
         registry::link_blob(&tx, repo.id, digest.as_str()).await?;
         // The link waited for any collector holding the blob; one that removed this location's
@@ -363,6 +381,9 @@ impl Registry {
             return Ok(true);
         }
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+        if let Some(over) = registry::over_quota(&tx, repo.org_id, Some(digest.as_str()), blob.size).await? {
+            return Err(quota_denied(&over));
+        }
         registry::link_blob(&tx, repo.id, digest.as_str()).await?;
         if !registry::object_present(&tx, digest.as_str(), &repo.location).await? {
             return Ok(false);
@@ -436,6 +457,29 @@ fn check_length(upload: &uploads::Upload, range: Option<ChunkRange>, received: u
         }),
         _ => Ok(()),
     }
+}
+
+/// `DENIED`, naming the quota and the numbers.
+fn quota_denied(over: &registry::OverQuota) -> RegistryError {
+    let push = if over.adds > 0 { format!("; this blob adds {}", bytes(over.adds)) } else { String::new() };
+    RegistryError::OverQuota(format!(
+        "organization {} is at its storage quota of {}: {} used{push}",
+        over.org,
+        bytes(over.quota),
+        bytes(over.used)
+    ))
+}
+
+/// Bytes in binary units (`1.5 GiB`).
+fn bytes(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 fn too_large() -> RegistryError {

@@ -606,3 +606,60 @@ async fn metrics_count_requests_by_route_pattern_on_the_admin_app() {
     assert!(!scrape.contains("metered/app"), "{scrape}");
     assert!(scrape.contains("process_resident_memory_bytes"), "{scrape}");
 }
+
+/// An organization's quota stops pushes with `DENIED` naming it; usage counts a blob the
+/// organization already holds once, so pushing or mounting it again always works; a refused
+/// blob leaves nothing stored.
+#[actix_web::test]
+async fn pushes_stop_at_the_organization_quota_counting_shared_blobs_once() {
+    let t = fs_registry().await;
+    let app = app(&t).await;
+    let held = bytes_of(2000, 1);
+    let held_digest = push_blob(&app, "q/one", &held).await;
+    let client = aerugo_db::pool(&t.database_url, 1).expect("pool").get().await.expect("client");
+    client.execute("UPDATE organizations SET quota_bytes = 3000 WHERE name = 'q'", &[]).await.expect("quota");
+    push_blob(&app, "q/two", &held).await;
+    let mount = format!("/v2/q/three/blobs/uploads/?mount={held_digest}&from=q/one");
+    assert_eq!(call(&app, Method::POST, &mount).await.status, StatusCode::CREATED);
+
+    // 2000 + 2000 > 3000: refused, monolithic or chunked, and nothing is stored.
+    let big = bytes_of(2000, 2);
+    let digest = Digest::sha256_of(&big);
+    let reply = send(
+        &app,
+        TestRequest::post()
+            .uri(&format!("/v2/q/one/blobs/uploads/?digest={digest}"))
+            .insert_header(("content-type", "application/octet-stream"))
+            .set_payload(big.clone()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.error_code(), "DENIED");
+    let message = reply.json()["errors"][0]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        message.contains("q is at its storage quota of 2.9 KiB: 2.0 KiB used; this blob adds 2.0 KiB"),
+        "{message}"
+    );
+    let location = start_upload(&app, "q/one").await;
+    let reply = send(&app, TestRequest::patch().uri(&location).set_payload(big.clone())).await;
+    let location = reply.header("location").expect("location").to_owned();
+    let reply = call(&app, Method::PUT, &format!("{location}?digest={digest}")).await;
+    assert_eq!((reply.status, reply.error_code()), (StatusCode::FORBIDDEN, "DENIED".to_owned()));
+    assert_eq!(call(&app, Method::HEAD, &format!("/v2/q/one/blobs/{digest}")).await.status, StatusCode::NOT_FOUND);
+    let rows: i64 = client
+        .query_one("SELECT COUNT(*) FROM blob_objects WHERE digest = $1", &[&digest.to_string()])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0);
+
+    // Exactly up to the quota fits; then even opening an upload is refused, while a blob the
+    // organization holds still mounts.
+    push_blob(&app, "q/one", &bytes_of(1000, 3)).await;
+    let reply = call(&app, Method::POST, "/v2/q/one/blobs/uploads/").await;
+    assert_eq!((reply.status, reply.error_code()), (StatusCode::FORBIDDEN, "DENIED".to_owned()));
+    let mount = format!("/v2/q/four/blobs/uploads/?mount={held_digest}&from=q/one");
+    assert_eq!(call(&app, Method::POST, &mount).await.status, StatusCode::CREATED);
+    // Another organization is not affected.
+    push_blob(&app, "other/app", &big).await;
+}
