@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod fsck;
 pub mod metrics;
 pub mod registry;
 pub mod routes;

@@ -59,6 +59,23 @@ enum Command {
     /// Token tools that need no registry.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Check that every tag → manifest → blob chain resolves and that every recorded object is
+    /// in storage with its blob's size; with --repair, fix what can be fixed without losing
+    /// anything a manifest needs. Takes the serve settings (database, storage). Exits 1 while
+    /// problems remain.
+    Fsck(Box<FsckArgs>),
+}
+
+#[derive(Debug, clap::Args)]
+struct FsckArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Repair what can be repaired.
+    #[arg(long)]
+    repair: bool,
+    /// Do not look recorded objects up in storage (database checks only).
+    #[arg(long)]
+    skip_storage: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +102,13 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
     match Cli::parse().command {
         Command::Serve(args) => actix_web::rt::System::new().block_on(serve(*args)),
+        Command::Fsck(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            if !runtime.block_on(fsck(*args))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Migrate { database_url } => {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let applied = runtime.block_on(aerugo_db::migrate(&database_url))?;
@@ -192,16 +216,48 @@ fn s3_secret(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     Ok(std::env::var("AERUGO_S3_SECRET_ACCESS_KEY").ok())
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings = args.settings()?;
-    let store = match args.storage {
+async fn open_store(args: &ServeArgs) -> anyhow::Result<AnyStore> {
+    Ok(match args.storage {
         StorageKind::File => AnyStore::Fs(
             FsStore::new(&args.storage_path)
                 .await
                 .with_context(|| format!("opening storage directory {}", args.storage_path.display()))?,
         ),
-        StorageKind::S3 => AnyStore::S3(S3Store::new(&args.s3_config(s3_secret(&args)?)?)),
+        StorageKind::S3 => AnyStore::S3(S3Store::new(&args.s3_config(s3_secret(args)?)?)),
+    })
+}
+
+async fn fsck(args: FsckArgs) -> anyhow::Result<bool> {
+    let store = open_store(&args.serve).await?;
+    let pool = aerugo_db::pool(&args.serve.database_url, 2)?;
+    let report = aerugo_dataplane::fsck::fsck(&pool, &store, !args.skip_storage, args.repair).await?;
+    let mut out = std::io::stdout().lock();
+    for problem in &report.problems {
+        writeln!(out, "{problem}")?;
+    }
+    writeln!(
+        out,
+        "checked {} objects: {} problems, {} repairs",
+        report.objects_checked,
+        report.problems.len(),
+        report.repaired
+    )?;
+    // After repairs, only a second scan tells what is left.
+    let clean = if args.repair && report.repaired > 0 {
+        let after = aerugo_dataplane::fsck::fsck(&pool, &store, !args.skip_storage, false).await?;
+        for problem in &after.problems {
+            writeln!(out, "remaining: {problem}")?;
+        }
+        after.problems.is_empty()
+    } else {
+        report.problems.is_empty()
     };
+    Ok(clean)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    let store = open_store(&args).await?;
     let pool = aerugo_db::pool(&args.database_url, args.database_pool_size)?;
     let auth = web::Data::new(Auth::new(pool.clone(), token_keys(&args.auth)?, args.auth.settings()?));
     let registry = web::Data::new(Registry::new(pool, store, settings.clone()));

@@ -85,7 +85,16 @@ impl Server {
         Self::start_with_key(database_url, storage, Some(&peer.key_file))
     }
 
+    /// Starts a node logging at `debug` into `log` (instead of the test's stderr).
+    pub fn start_logging_to(database_url: &str, storage: Storage, log: &Path) -> Server {
+        Self::start_inner(database_url, storage, None, Some(log))
+    }
+
     fn start_with_key(database_url: &str, storage: Storage, key: Option<&Path>) -> Server {
+        Self::start_inner(database_url, storage, key, None)
+    }
+
+    fn start_inner(database_url: &str, storage: Storage, key: Option<&Path>, log: Option<&Path>) -> Server {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let key_file = dir.path().join("token.key");
         match key {
@@ -113,9 +122,15 @@ impl Server {
             .env("AERUGO_DATABASE_URL", database_url)
             .env("AERUGO_WORKERS", "2")
             .env("AERUGO_TOKEN_KEY_FILE", &key_file)
-            .env("AERUGO_LOG", "warn")
+            .env("AERUGO_LOG", if log.is_some() { "debug" } else { "warn" })
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if let Some(path) = log {
+            // Logs go to stdout; both streams into the file.
+            let file = std::fs::File::create(path).unwrap_or_else(|e| panic!("log file: {e}"));
+            let copy = file.try_clone().unwrap_or_else(|e| panic!("log file: {e}"));
+            cmd.stdout(Stdio::from(file)).stderr(Stdio::from(copy));
+        }
         match storage {
             Storage::File => {
                 cmd.env("AERUGO_STORAGE", "file").env("AERUGO_STORAGE_PATH", dir.path().join("blobs"));

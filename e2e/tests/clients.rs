@@ -273,3 +273,45 @@ async fn podman_and_buildah_pull_build_and_push() {
     let config: serde_json::Value = serde_json::from_slice(&config.stdout).expect("config json");
     assert_eq!(config["config"]["Labels"]["built-by"], "aerugo-e2e");
 }
+
+/// `aerugo-dataplane fsck` on the settings of a running node: clean after a skopeo push,
+/// exit 1 once a manifest's blob is unlinked, and `--repair` links it back.
+#[tokio::test]
+async fn fsck_command_reports_and_repairs() {
+    if !s3_available() {
+        return;
+    }
+    let database = fresh_database().await;
+    let server = Server::start(&database, Storage::S3);
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src");
+    oci_layout(&src, "linux/amd64", 20_000, 9);
+    let dest = format!("docker://{}/e2e/fsck:v1", server.host);
+    server.skopeo(&["copy", "--dest-tls-verify=false", &format!("oci:{}:latest", src.display()), &dest]);
+    let fsck = |repair: bool| {
+        let mut cmd = Command::new(dataplane_bin());
+        cmd.arg("fsck").env("AERUGO_DATABASE_URL", &database).env("AERUGO_STORAGE", "s3").env("AERUGO_LOG", "warn");
+        if repair {
+            cmd.arg("--repair");
+        }
+        let out = cmd.output().expect("fsck runs");
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, report) = fsck(false);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("0 problems"), "{report}");
+    let db = aerugo_db::pool(&database, 1).expect("pool");
+    db.get()
+        .await
+        .expect("client")
+        .execute("DELETE FROM repository_blobs WHERE digest IN (SELECT digest FROM manifest_blobs LIMIT 1)", &[])
+        .await
+        .expect("break a link");
+    let (code, report) = fsck(false);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("which the repository does not link"), "{report}");
+    let (code, report) = fsck(true);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(fsck(false).0, Some(0));
+    server.skopeo(&["inspect", "--tls-verify=false", &dest]);
+}

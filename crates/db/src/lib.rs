@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod declared;
 pub mod error;
+pub mod fsck;
 pub mod gc;
 pub mod registry;
 pub mod tenancy;

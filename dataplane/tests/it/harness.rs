@@ -36,6 +36,13 @@ pub struct TestRegistry {
     _dir: Option<tempfile::TempDir>,
 }
 
+impl TestRegistry {
+    /// The directory of a filesystem registry's blobs.
+    pub fn storage_dir(&self) -> &std::path::Path {
+        self._dir.as_ref().map(tempfile::TempDir::path).expect("a filesystem registry")
+    }
+}
+
 /// Authentication over `database_url` with a fresh signing key.
 pub fn test_auth(database_url: &str) -> web::Data<Auth> {
     let pool = aerugo_db::pool(database_url, 8).expect("pool");

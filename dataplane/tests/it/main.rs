@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 mod conformance;
+mod fsck;
 mod harness;
 mod isolation;
 mod management;
