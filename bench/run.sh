@@ -56,7 +56,9 @@ printf '%s\n' "$ADMIN_PASSWORD" >"$WORK/admin-password"
 "$AERUGO_BIN" bootstrap --admin-password-file "$WORK/admin-password" >/dev/null 2>&1
 "$AERUGO_BIN" keygen --out "$WORK/token.key"
 export AERUGO_TOKEN_KEY_FILE=$WORK/token.key
-AERUGO_LOG=warn "$AERUGO_BIN" serve --listen "$AERUGO_ADDR" --admin-listen 127.0.0.1:5201 --storage file --storage-path "$WORK/aerugo" \
+# The load generator is one client address: per-client rate limits off (Distribution has none).
+AERUGO_LOG=warn AERUGO_CLIENT_RATE_LIMIT=0 AERUGO_TOKEN_RATE_LIMIT=0 \
+  "$AERUGO_BIN" serve --listen "$AERUGO_ADDR" --admin-listen 127.0.0.1:5201 --storage file --storage-path "$WORK/aerugo" \
   --redirect proxy >"$WORK/aerugo.log" 2>&1 &
 AERUGO_PID=$!; PIDS+=("$AERUGO_PID")
 wait_http "http://$DIST_ADDR/v2/"

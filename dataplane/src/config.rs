@@ -124,6 +124,16 @@ pub struct AuthArgs {
     /// How often revoked keys and disabled users are reloaded, in seconds.
     #[arg(long, env = "AERUGO_REVOCATION_REFRESH", default_value_t = 5)]
     pub revocation_refresh: u64,
+    /// Requests per second one client address may make (bursts of twice that), per node;
+    /// 0: no limit.
+    #[arg(long, env = "AERUGO_CLIENT_RATE_LIMIT", default_value_t = 500)]
+    pub client_rate_limit: u32,
+    /// Requests per second to one organization's repositories, per node; 0: no limit.
+    #[arg(long, env = "AERUGO_ORG_RATE_LIMIT", default_value_t = 0)]
+    pub org_rate_limit: u32,
+    /// Token requests per second one client address may make, per node; 0: no limit.
+    #[arg(long, env = "AERUGO_TOKEN_RATE_LIMIT", default_value_t = 50)]
+    pub token_rate_limit: u32,
 }
 
 /// Validated authentication settings.
@@ -147,6 +157,8 @@ pub struct AuthSettings {
     pub login_window: Duration,
     /// Revocation reload period.
     pub revocation_refresh: Duration,
+    /// Request rate limits (none by default in code; the flags set some).
+    pub rate_limits: crate::auth::limits::RateLimits,
 }
 
 impl Default for AuthSettings {
@@ -161,6 +173,7 @@ impl Default for AuthSettings {
             max_failures_per_address: 50,
             login_window: Duration::from_secs(300),
             revocation_refresh: Duration::from_secs(5),
+            rate_limits: crate::auth::limits::RateLimits::default(),
         }
     }
 }
@@ -184,6 +197,11 @@ impl AuthArgs {
             max_failures_per_address: self.login_max_failures_per_address,
             login_window: Duration::from_secs(self.login_window),
             revocation_refresh: Duration::from_secs(self.revocation_refresh.max(1)),
+            rate_limits: crate::auth::limits::RateLimits {
+                client: crate::auth::limits::Rate::per_second(self.client_rate_limit),
+                organization: crate::auth::limits::Rate::per_second(self.org_rate_limit),
+                token: crate::auth::limits::Rate::per_second(self.token_rate_limit),
+            },
         })
     }
 }

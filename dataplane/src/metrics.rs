@@ -13,6 +13,7 @@ pub struct Metrics {
     bytes_in: IntCounterVec,
     bytes_out: IntCounterVec,
     pool: IntGaugeVec,
+    rate_limited: IntCounterVec,
 }
 
 /// Snapshot of the database pool, taken at scrape time.
@@ -53,9 +54,14 @@ impl Metrics {
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(bytes_in.clone()))?;
         registry.register(Box::new(bytes_out.clone()))?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new("rate_limited_total", "Requests refused with 429 by a rate limit, by limit"),
+            &["limit"],
+        )?;
         registry.register(Box::new(pool.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        Ok(Metrics { registry, requests, duration, bytes_in, bytes_out, pool })
+        Ok(Metrics { registry, requests, duration, bytes_in, bytes_out, pool, rate_limited })
     }
 
     /// Records one finished request.
@@ -69,6 +75,11 @@ impl Metrics {
         if bytes_out > 0 {
             self.bytes_out.with_label_values(&[route]).inc_by(bytes_out);
         }
+    }
+
+    /// Counts a request refused by the rate limit `limit` (`client`, `organization`, `token`).
+    pub fn rate_limited(&self, limit: &str) {
+        self.rate_limited.with_label_values(&[limit]).inc();
     }
 
     /// The text exposition, with the pool gauges refreshed from `pool`.

@@ -4,15 +4,17 @@
 
 use std::time::Instant;
 
-use actix_web::body::BodySize;
-use actix_web::body::MessageBody;
+use actix_web::body::{BodySize, EitherBody, MessageBody};
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::{DefaultHeaders, Next, from_fn};
-use actix_web::{App, Error, HttpResponse, web};
+use actix_web::{App, Error, HttpResponse, ResponseError as _, web};
 
 use crate::Registry;
 use crate::api;
 use crate::auth::Auth;
+use crate::auth::caller::source_address;
+use crate::auth::limits::subjects;
+use crate::error::RegistryError;
 use crate::metrics::Metrics;
 use crate::routes::{self, API_VERSION_HEADER};
 
@@ -34,6 +36,7 @@ pub fn app(
         .app_data(registry)
         .app_data(auth)
         .app_data(metrics)
+        .wrap(from_fn(limit_requests))
         .wrap(DefaultHeaders::new().add(API_VERSION_HEADER))
         .wrap(from_fn(observe_request))
         .route("/healthz", web::get().to(healthz))
@@ -82,6 +85,31 @@ async fn readyz(registry: web::Data<Registry>) -> HttpResponse {
             HttpResponse::ServiceUnavailable().content_type("text/plain").body("not ready")
         }
     }
+}
+
+/// Rate limits (per client address, per organization, per client on the token endpoint):
+/// over a limit, `429 TOOMANYREQUESTS` with `Retry-After`, before any work is done. Health
+/// endpoints are never limited.
+async fn limit_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let path = req.path();
+    if path != "/healthz"
+        && path != "/readyz"
+        && let Some(auth) = req.app_data::<web::Data<Auth>>()
+    {
+        let source = source_address(req.request(), auth.settings().trust_forwarded_for);
+        if let Err((limit, retry_after)) = auth.limiter().admit(&subjects(path, source.as_deref())) {
+            if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {
+                metrics.rate_limited(limit);
+            }
+            tracing::debug!(limit, retry_after, path, "rate limited");
+            let response = RegistryError::TooManyRequests { retry_after }.error_response();
+            return Ok(req.into_response(response).map_into_right_body());
+        }
+    }
+    next.call(req).await.map(ServiceResponse::map_into_left_body)
 }
 
 /// Metrics and one structured log line per request. The query string is left out of the log:

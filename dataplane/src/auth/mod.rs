@@ -9,6 +9,7 @@
 
 pub mod caller;
 mod credentials;
+pub mod limits;
 mod tokens;
 
 use std::collections::{HashMap, HashSet};
@@ -112,6 +113,7 @@ pub struct Auth {
     logins: quick_cache::sync::Cache<[u8; 32], (Arc<Principal>, SystemTime)>,
     revoked: RwLock<Revoked>,
     last_used: Mutex<HashMap<String, OffsetDateTime>>,
+    limiter: limits::Limiter,
 }
 
 /// How long a successful Basic login is remembered, so clients that send Basic credentials on
@@ -124,12 +126,18 @@ impl Auth {
         Auth {
             db,
             keys,
-            settings,
             tokens: quick_cache::sync::Cache::new(100_000),
             logins: quick_cache::sync::Cache::new(10_000),
             revoked: RwLock::new(Revoked::default()),
             last_used: Mutex::new(HashMap::new()),
+            limiter: limits::Limiter::new(settings.rate_limits),
+            settings,
         }
+    }
+
+    /// The request rate limits.
+    pub fn limiter(&self) -> &limits::Limiter {
+        &self.limiter
     }
 
     /// The settings in force.

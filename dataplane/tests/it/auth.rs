@@ -413,3 +413,46 @@ async fn tokens_of_the_previous_key_are_accepted_during_rotation() {
     let refused = send_as(&after, &old_token, TestRequest::get().uri("/v2/acme/app/manifests/v1")).await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "once the old key is dropped its tokens stop");
 }
+
+/// Rate limits answer 429 `TOOMANYREQUESTS` with `Retry-After` once a client, an organization
+/// or a client's token requests exceed theirs; other subjects and health checks are not
+/// affected; refusals are counted in the metrics.
+#[actix_web::test]
+async fn rate_limits_refuse_with_429_and_retry_after() {
+    use aerugo_dataplane::auth::Auth;
+    use aerugo_dataplane::auth::limits::{Rate, RateLimits};
+    use aerugo_dataplane::config::AuthSettings;
+
+    let t = fs_registry().await;
+    let limits = RateLimits {
+        client: None,
+        organization: Some(Rate { per_second: 0.5, burst: 3.0 }),
+        token: Some(Rate { per_second: 0.5, burst: 2.0 }),
+    };
+    let pool = aerugo_db::pool(&t.database_url, 4).expect("pool");
+    let auth = actix_web::web::Data::new(Auth::new(
+        pool,
+        aerugo_auth::token::TokenKeys::generate(),
+        AuthSettings { rate_limits: limits, ..AuthSettings::default() },
+    ));
+    let metrics = metrics();
+    let app = app_with(&t.registry, &auth, &metrics, Some(&t.admin)).await;
+    for _ in 0..3 {
+        assert_eq!(call(&app, Method::GET, "/v2/busy/app/tags/list").await.status, StatusCode::NOT_FOUND);
+    }
+    let refused = call(&app, Method::GET, "/v2/busy/app/tags/list").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.error_code(), "TOOMANYREQUESTS");
+    assert_eq!(refused.header("retry-after"), Some("2"));
+    assert_eq!(call(&app, Method::GET, "/v2/quiet/app/tags/list").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(call(&app, Method::GET, "/healthz").await.status, StatusCode::OK);
+    for _ in 0..2 {
+        assert_eq!(call(&app, Method::GET, "/v2/token?scope=repository:quiet/app:pull").await.status, StatusCode::OK);
+    }
+    let refused = call(&app, Method::GET, "/v2/token?scope=repository:quiet/app:pull").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let text = metrics.render(t.registry.pool_status());
+    assert!(text.contains("aerugo_rate_limited_total{limit=\"organization\"} 1"), "{text}");
+    assert!(text.contains("aerugo_rate_limited_total{limit=\"token\"} 1"), "{text}");
+    assert!(text.contains("status=\"429\""), "429s are counted as requests too");
+}
