@@ -232,6 +232,8 @@ cmd_test() {
   build
   export AERUGO_DATAPLANE_BIN=$CARGO_TARGET_DIR/debug/aerugo-dataplane
   export AERUGO_OPERATOR_BIN=$CARGO_TARGET_DIR/debug/aerugo-operator
+  # Each of the 7 fuzz targets (crates/oci/tests/fuzz.rs, crates/auth/tests/fuzz.rs) runs this long.
+  export AERUGO_FUZZ_SECONDS=${AERUGO_FUZZ_SECONDS:-10}
   log "cargo nextest"
   cargo nextest run --workspace --no-fail-fast
 }

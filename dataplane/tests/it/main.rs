@@ -10,4 +10,5 @@ mod fsck;
 mod harness;
 mod isolation;
 mod management;
+mod races;
 mod s3;
