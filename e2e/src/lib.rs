@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod kubelet;
 
 /// Where blobs go for a server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
     /// A temporary directory.
     File,
@@ -36,6 +37,8 @@ pub struct Server {
     pub auth_file: PathBuf,
     /// The token signing key file.
     pub key_file: PathBuf,
+    /// The blob directory, with `Storage::File`.
+    pub blobs: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -144,7 +147,8 @@ impl Server {
         let auth = basic(ADMIN_USER, ADMIN_PASSWORD);
         let auths = serde_json::json!({ "auths": { &host: { "auth": auth.trim_start_matches("Basic ") } } });
         std::fs::write(&auth_file, auths.to_string()).unwrap_or_else(|e| panic!("write auth file: {e}"));
-        let server = Server { child, host, admin, auth_file, key_file, _dir: dir };
+        let blobs = matches!(storage, Storage::File).then(|| dir.path().join("blobs"));
+        let server = Server { child, host, admin, auth_file, key_file, blobs, _dir: dir };
         server.wait_ready();
         server
     }

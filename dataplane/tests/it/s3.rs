@@ -203,3 +203,47 @@ async fn a_dedicated_bucket_holds_its_organizations_blobs() {
         .get(0);
     assert_eq!(rows, 2, "one object per location");
 }
+
+/// S3 unreachable: pushes fail fast with `503 UNAVAILABLE` and `Retry-After`, readiness says
+/// so, and no metadata is left pointing at storage that holds nothing.
+#[actix_web::test]
+async fn unreachable_s3_fails_clearly_and_records_nothing() {
+    let db = fresh_db().await;
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let config = S3Config {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        bucket: "nowhere".into(),
+        region: "us-east-1".into(),
+        access_key_id: "id".into(),
+        secret_access_key: "secret".into(),
+        path_style: true,
+    };
+    let registry = s3_registry(&db, &config, RedirectMode::Presign).await;
+    let app = app(&registry).await;
+    let data = bytes_of(6 * 1024 * 1024, 31);
+    let digest = Digest::sha256_of(&data);
+    let started = std::time::Instant::now();
+    let reply = send(
+        &app,
+        TestRequest::post()
+            .uri(&format!("/v2/down/app/blobs/uploads/?digest={digest}"))
+            .insert_header(("content-type", "application/octet-stream"))
+            .set_payload(data.clone()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.error_code(), "UNAVAILABLE");
+    assert!(reply.header("retry-after").is_some());
+    let location = start_upload(&app, "down/app").await;
+    let reply = send(&app, TestRequest::patch().uri(&location).set_payload(data)).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "failures are fast: {:?}", started.elapsed());
+    assert_eq!(call(&app, Method::GET, "/readyz").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    let client = aerugo_db::pool(&db, 1).expect("pool").get().await.expect("client");
+    for table in ["blobs", "blob_objects", "repository_blobs"] {
+        let n: i64 = client.query_one(&format!("SELECT COUNT(*) FROM {table}"), &[]).await.expect("count").get(0);
+        assert_eq!(n, 0, "{table} holds nothing");
+    }
+    assert_eq!(call(&app, Method::HEAD, &format!("/v2/down/app/blobs/{digest}")).await.status, StatusCode::NOT_FOUND);
+}

@@ -1,0 +1,326 @@
+//! Faults with real processes: a data-plane node killed in the middle of an upload (the client
+//! resumes on another node and the blob is correct), and an operator killed in the middle of
+//! reconciling (the next leader finishes the job, with nothing half-applied).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail by panicking
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aerugo_e2e::*;
+use serde_json::{Value, json};
+
+fn sha256(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_upload_is_resumed_on_another() {
+    if std::env::var_os("AERUGO_TEST_S3").is_none() {
+        eprintln!("skipped: needs the Garage of ./scripts/dev.sh test (AERUGO_TEST_S3)");
+        return;
+    }
+    let database = fresh_database().await;
+    let a = Server::start(&database, Storage::S3);
+    let b = Server::start_next_to(&a, &database, Storage::S3);
+    let admin = format!("{ADMIN_USER}:{ADMIN_PASSWORD}");
+    let data: Vec<u8> = (0..9_000_000u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 9) as u8).collect();
+    let digest = sha256(&data);
+    let work = tempfile::tempdir().expect("tempdir");
+    let (first, rest) = (work.path().join("first"), work.path().join("rest"));
+    std::fs::write(&first, &data[..6_000_000]).unwrap();
+    std::fs::write(&rest, &data[6_000_000..]).unwrap();
+    let curl = |args: &[&str]| {
+        let out = run(Command::new("curl")
+            .args(["-sS", "-u", &admin, "-H", "Expect:", "-D", "-", "-o", "/dev/null"])
+            .args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let location = |headers: &str| {
+        headers
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().starts_with("location:").then(|| l[9..].trim().to_owned()))
+            .expect("Location")
+    };
+    let started = curl(&["-X", "POST", &format!("http://{}/v2/faults/app/blobs/uploads/", a.host)]);
+    let patched = curl(&[
+        "-X",
+        "PATCH",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-H",
+        "Content-Range: 0-5999999",
+        "--data-binary",
+        &format!("@{}", first.display()),
+        &format!("http://{}{}", a.host, location(&started)),
+    ]);
+    assert!(patched.starts_with("HTTP/1.1 202"), "{patched}");
+    // Node a dies (SIGKILL): what it acknowledged is in Postgres and S3.
+    drop(a);
+    let path = location(&patched);
+    let status = curl(&[&format!("http://{}{path}", b.host)]);
+    assert!(status.to_ascii_lowercase().contains("range: 0-5999999"), "node b sees the progress: {status}");
+    let put = curl(&[
+        "-X",
+        "PUT",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "-H",
+        "Content-Range: 6000000-8999999",
+        "--data-binary",
+        &format!("@{}", rest.display()),
+        &format!("http://{}{path}?digest={digest}", b.host),
+    ]);
+    assert!(put.starts_with("HTTP/1.1 201"), "{put}");
+    let out = run(Command::new("curl").args([
+        "-sSfL",
+        "-u",
+        &admin,
+        &format!("http://{}/v2/faults/app/blobs/{digest}", b.host),
+    ]));
+    assert_eq!(sha256(&out.stdout), digest, "the blob is correct");
+}
+
+/// Kills the child on drop.
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn operator(kubeconfig: &Path, database: &str, identity: &str) -> Kill {
+    Kill(
+        Command::new(operator_bin())
+            .arg("run")
+            .env("KUBECONFIG", kubeconfig)
+            .env("AERUGO_DATABASE_URL", database)
+            .env("AERUGO_REGISTRY_HOST", "registry.test")
+            .env("AERUGO_OPERATOR_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("POD_NAMESPACE", "default")
+            .env("HOSTNAME", identity)
+            .env("RUST_LOG", "error")
+            .spawn()
+            .expect("operator starts"),
+    )
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_reconcile_is_finished_by_the_next_leader() {
+    use aerugo_kube_emulator::Emulator;
+
+    let database = fresh_database().await;
+    let db = aerugo_db::pool(&database, 1).expect("pool");
+    aerugo_db::tenancy::create_user(&db.get().await.expect("db"), "admin", None, None, true, "system")
+        .await
+        .expect("user");
+    let emulator = Emulator::new();
+    emulator.install_crds_from(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")).expect("CRDs");
+    let api = emulator.serve().await.expect("loopback");
+    let work = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = work.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let object = |kind: &str, name: &str, spec: Value| json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": kind, "metadata": { "name": name, "namespace": "team" }, "spec": spec });
+    emulator
+        .seed(object("Organization", "acme", json!({ "members": [{ "user": "admin", "role": "Owner" }] })))
+        .unwrap();
+    const REPOS: usize = 300;
+    for i in 0..REPOS {
+        emulator
+            .seed(object("Repository", &format!("r{i}"), json!({ "organizationRef": { "name": "acme" } })))
+            .unwrap();
+    }
+    let ready = |e: &Emulator| {
+        e.list_raw("aerugo.io/v1alpha1", "repositories", Some("team"))
+            .iter()
+            .filter(|r| {
+                r["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            })
+            .count()
+    };
+    let first = operator(&kubeconfig, &database, "replica-a");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready(&emulator) == 0 {
+        assert!(Instant::now() < deadline, "the first replica never reconciled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(first); // SIGKILL, mid-run: no chance to clean up or release the Lease
+    let at_kill = ready(&emulator);
+    let killed = Instant::now();
+    let _second = operator(&kubeconfig, &database, "replica-b");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready(&emulator) < REPOS {
+        assert!(Instant::now() < deadline, "the next leader left {} of {REPOS} unfinished", REPOS - ready(&emulator));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lease = emulator.get_raw("coordination.k8s.io/v1", "leases", Some("default"), "aerugo-operator").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "replica-b");
+    let conn = db.get().await.unwrap();
+    let (rows, distinct): (i64, i64) = conn
+        .query_one("SELECT COUNT(*), COUNT(DISTINCT k8s_uid) FROM repositories WHERE managed_by = 'kubernetes'", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((rows, distinct), (REPOS as i64, REPOS as i64), "one row per object, none twice, none missing");
+    eprintln!(
+        "{at_kill} of {REPOS} Ready when the leader was killed; the next leader finished {} s later",
+        killed.elapsed().as_secs()
+    );
+}
+
+/// A private PostgreSQL cluster for a test that restarts it; stopped on drop.
+struct Postgres {
+    bin: std::path::PathBuf,
+    data: tempfile::TempDir,
+    port: u16,
+}
+
+impl Postgres {
+    fn as_postgres(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        // As root, the cluster runs as the postgres user (initdb refuses root).
+        if is_root() {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(path);
+            cmd
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn start() -> Option<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("pg_ctl").exists())
+            .max()?;
+        let data = tempfile::Builder::new().prefix("aerugo-pg-").tempdir_in("/tmp").ok()?;
+        if is_root() {
+            run(Command::new("chown").arg("postgres").arg(data.path()));
+        }
+        let pg = Postgres { bin, data, port: free_port() };
+        run(pg.as_postgres("initdb").arg("-D").arg(pg.data.path()).args(["-U", "postgres", "--auth=trust", "-N"]));
+        pg.up();
+        Some(pg)
+    }
+
+    fn up(&self) {
+        let options = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off", self.port);
+        let log = self.data.path().join("server.log");
+        run(self
+            .as_postgres("pg_ctl")
+            .arg("start")
+            .arg("-D")
+            .arg(self.data.path())
+            .arg("-l")
+            .arg(log)
+            .args(["-w", "-o", &options]));
+    }
+
+    /// An immediate stop: connections are cut, nothing shuts down cleanly.
+    fn crash(&self) {
+        run(self.as_postgres("pg_ctl").arg("stop").arg("-D").arg(self.data.path()).args(["-m", "immediate", "-w"]));
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ =
+            self.as_postgres("pg_ctl").arg("stop").arg("-D").arg(self.data.path()).args(["-m", "immediate"]).output();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
+}
+
+/// Postgres crashes and comes back while pushes and pulls run: during the outage requests
+/// fail fast with 503 and `Retry-After`, afterwards they succeed, and nothing is half-written
+/// (the consistency scan is clean; every tag resolves).
+#[tokio::test]
+async fn postgres_restarting_under_load_fails_fast_and_loses_nothing() {
+    let Some(pg) = Postgres::start() else {
+        eprintln!("skipped: no PostgreSQL server binaries under /usr/lib/postgresql");
+        return;
+    };
+    aerugo_db::migrate(&pg.url()).await.expect("migrate");
+    let server = Server::start(&pg.url(), Storage::File);
+    let admin = format!("{ADMIN_USER}:{ADMIN_PASSWORD}");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (host, admin, stop) = (server.host.clone(), admin.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let body = format!("layer {i}");
+                let digest = sha256(body.as_bytes());
+                let started = Instant::now();
+                let out = Command::new("curl")
+                    .args(["-sS", "-o", "/dev/null", "-D", "-", "-u", &admin, "-X", "POST", "--data-binary", &body])
+                    .arg(format!("http://{host}/v2/load/app/blobs/uploads/?digest={digest}"))
+                    .output()
+                    .expect("curl");
+                let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+                let code: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+                seen.push((code, head.contains("retry-after"), started.elapsed()));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.crash();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.up();
+    // Pushes work again within a few seconds (the pool reconnects).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-u", &admin])
+            .arg(format!("http://{}/v2/load/app/tags/list", server.host))
+            .output()
+            .expect("curl");
+        if matches!(out.stdout.as_slice(), b"200" | b"404") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the data plane never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = load.join().expect("load thread");
+    let ok = seen.iter().filter(|(c, ..)| *c == 201).count();
+    let failed: Vec<_> = seen.iter().filter(|(c, ..)| *c != 201).collect();
+    assert!(ok > 10 && !failed.is_empty(), "pushes before, during and after the outage: {seen:?}");
+    for (code, retry_after, took) in &failed {
+        assert_eq!(*code, 503, "an outage answers 503: {seen:?}");
+        assert!(*retry_after, "with Retry-After");
+        assert!(*took < Duration::from_secs(10), "and fast: {took:?}");
+    }
+    assert_eq!(seen.last().map(|s| s.0), Some(201), "the last pushes succeed");
+    // Nothing half-written: a manifest over the pushed blobs, then the consistency scan.
+    let out = run(Command::new(dataplane_bin())
+        .arg("fsck")
+        .env("AERUGO_DATABASE_URL", pg.url())
+        .env("AERUGO_STORAGE", "file")
+        .env("AERUGO_STORAGE_PATH", server.blobs.as_ref().unwrap())
+        .env("AERUGO_LOG", "warn"));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains(" 0 problems"), "{report}");
+    eprintln!(
+        "{ok} pushes succeeded, {} failed fast with 503 during the outage; fsck: {}",
+        failed.len(),
+        report.trim()
+    );
+}
