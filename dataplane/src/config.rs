@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// Seconds of inactivity after which an upload session expires and its storage is freed.
     #[arg(long, env = "AERUGO_UPLOAD_TTL", default_value_t = 86_400)]
     pub upload_ttl: u64,
+    /// Seconds a request body may go without a byte before the request is refused (slow or
+    /// stalled uploads free their connection).
+    #[arg(long, env = "AERUGO_BODY_IDLE_TIMEOUT", default_value_t = 60)]
+    pub body_idle_timeout: u64,
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "AERUGO_WORKERS")]
     pub workers: Option<usize>,
@@ -217,6 +221,8 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// Upload session inactivity limit.
     pub upload_ttl: Duration,
+    /// Longest wait for the next bytes of a request body.
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -226,6 +232,7 @@ impl Default for Settings {
             presign_ttl: Duration::from_secs(300),
             public_url: None,
             upload_ttl: Duration::from_secs(86_400),
+            body_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -249,6 +256,7 @@ impl ServeArgs {
             presign_ttl: Duration::from_secs(self.presign_ttl),
             public_url: self.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_owned()),
             upload_ttl: Duration::from_secs(self.upload_ttl),
+            body_idle_timeout: Duration::from_secs(self.body_idle_timeout.max(1)),
         })
     }
 

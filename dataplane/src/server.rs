@@ -87,13 +87,28 @@ async fn readyz(registry: web::Data<Registry>) -> HttpResponse {
     }
 }
 
-/// Rate limits (per client address, per organization, per client on the token endpoint):
-/// over a limit, `429 TOOMANYREQUESTS` with `Retry-After`, before any work is done. Health
-/// endpoints are never limited.
+/// Header bytes a request may carry (names, values and separators): 16 KiB, room for any
+/// client's credentials many times over.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Request limits, before any work is done: headers over [`MAX_HEADER_BYTES`] get `431`;
+/// over a rate limit (per client address, per organization, per client on the token endpoint)
+/// `429 TOOMANYREQUESTS` with `Retry-After`. Health endpoints are never rate limited.
 async fn limit_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        let response = HttpResponse::build(actix_web::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE).json(
+            serde_json::json!({ "errors": [{
+                "code": "SIZE_INVALID",
+                "message": "request headers too large",
+                "detail": format!("{header_bytes} bytes of headers; the limit is {MAX_HEADER_BYTES}"),
+            }] }),
+        );
+        return Ok(req.into_response(response).map_into_right_body());
+    }
     let path = req.path();
     if path != "/healthz"
         && path != "/readyz"

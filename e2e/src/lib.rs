@@ -90,14 +90,25 @@ impl Server {
 
     /// Starts a node logging at `debug` into `log` (instead of the test's stderr).
     pub fn start_logging_to(database_url: &str, storage: Storage, log: &Path) -> Server {
-        Self::start_inner(database_url, storage, None, Some(log))
+        Self::start_inner(database_url, storage, None, Some(log), &[])
+    }
+
+    /// Starts a node with extra environment (settings under test).
+    pub fn start_with_env(database_url: &str, storage: Storage, env: &[(&str, &str)]) -> Server {
+        Self::start_inner(database_url, storage, None, None, env)
     }
 
     fn start_with_key(database_url: &str, storage: Storage, key: Option<&Path>) -> Server {
-        Self::start_inner(database_url, storage, key, None)
+        Self::start_inner(database_url, storage, key, None, &[])
     }
 
-    fn start_inner(database_url: &str, storage: Storage, key: Option<&Path>, log: Option<&Path>) -> Server {
+    fn start_inner(
+        database_url: &str,
+        storage: Storage,
+        key: Option<&Path>,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let key_file = dir.path().join("token.key");
         match key {
@@ -134,6 +145,7 @@ impl Server {
             let copy = file.try_clone().unwrap_or_else(|e| panic!("log file: {e}"));
             cmd.stdout(Stdio::from(file)).stderr(Stdio::from(copy));
         }
+        cmd.envs(env.iter().copied());
         match storage {
             Storage::File => {
                 cmd.env("AERUGO_STORAGE", "file").env("AERUGO_STORAGE_PATH", dir.path().join("blobs"));

@@ -324,3 +324,52 @@ async fn postgres_restarting_under_load_fails_fast_and_loses_nothing() {
         report.trim()
     );
 }
+
+/// Sends `request` on a fresh connection, keeps it open, and returns what the server answered
+/// (or `None` if it closed without a word) and how long it took.
+fn exchange(host: &str, request: &[u8]) -> (Option<String>, Duration) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    stream.write_all(request).expect("write");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).into_owned();
+    ((!text.is_empty()).then_some(text), started.elapsed())
+}
+
+/// Hostile clients: a body that stalls, a request head that never ends, headers too large.
+/// Each is cut off with a clear status within its limit, and the node keeps serving.
+#[tokio::test]
+async fn stalled_bodies_slow_heads_and_huge_headers_are_cut_off() {
+    let database = fresh_database().await;
+    let server = Server::start_with_env(&database, Storage::File, &[("AERUGO_BODY_IDLE_TIMEOUT", "2")]);
+    let auth = basic(ADMIN_USER, ADMIN_PASSWORD);
+    let digest = sha256(b"never sent");
+    // A body announcing 1,000 bytes that sends 10 and stops.
+    let stalled = format!(
+        "POST /v2/limits/app/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\n0123456789",
+        server.host
+    );
+    let (answer, took) = exchange(&server.host, stalled.as_bytes());
+    let answer = answer.expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("BLOB_UPLOAD_INVALID") && answer.contains("sent nothing for 2 s"), "{answer}");
+    assert!(took < Duration::from_secs(8), "cut off after the idle timeout: {took:?}");
+    // A request head that never ends (actix-web's 5 s client request timeout).
+    let (answer, took) = exchange(&server.host, b"GET /v2/ HTTP/1.1\r\nHost: x\r\n");
+    assert!(answer.as_deref().is_none_or(|a| a.starts_with("HTTP/1.1 408")), "{answer:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // 64 KiB of header.
+    let huge = format!("GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n", "a".repeat(64 * 1024));
+    let (answer, _) = exchange(&server.host, huge.as_bytes());
+    let answer = answer.expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.contains("request headers too large"), "{answer}");
+    // Still serving, and nothing of the stalled upload was recorded.
+    assert_eq!(http_status(&server.host, "GET", "/healthz"), Some(200));
+    let head = http_raw_with(&server.host, "HEAD", &format!("/v2/limits/app/blobs/{digest}"), Some(&auth)).unwrap();
+    assert!(head.starts_with("HTTP/1.0 404") || head.starts_with("HTTP/1.1 404"), "{head}");
+}

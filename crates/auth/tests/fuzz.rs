@@ -1,8 +1,8 @@
 //! Bounded mutation fuzzing of what the token endpoint and every authenticated request parse:
 //! scope strings, presented API keys and bearer tokens. A mutated token that still verifies
-//! must say exactly what the original says: the same facts and the same revocation ids (the
-//! encoding is malleable — whitespace is skipped by the base64 decoder and unknown protobuf
-//! fields by the decoder — but what is signed is not).
+//! must say exactly what the original says (the same facts and revocation ids) or be unusable
+//! (no facts, and it authorizes nothing): the protobuf encoding is malleable (unknown fields
+//! are skipped), what is signed is not.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail by panicking
 
@@ -12,8 +12,9 @@ mod fuzz_engine;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use aerugo_auth::token::{Claims, TokenKeys, TokenKind};
-use aerugo_auth::{Scope, apikey};
+use aerugo_auth::token::{Claims, Need, TokenKeys, TokenKind};
+use aerugo_auth::{Action, Scope, apikey};
+use aerugo_oci::RepoName;
 use fuzz_engine::fuzz;
 
 #[test]
@@ -61,14 +62,24 @@ fn bearer_tokens() {
     let original = keys.verify(&token).expect("verifies");
     let said = |v: &aerugo_auth::token::VerifiedToken| (format!("{:?}", v.facts().ok()), v.revocation_ids());
     let expected = said(&original);
-    let mut malleable = 0u64;
+    let (mut malleable, mut unusable) = (0u64, 0u64);
+    let app = RepoName::from_str("acme/app").unwrap();
+    assert!(original.authorize(&Need::Repository(&app, Action::Pull), SystemTime::now()).is_ok());
     let runs = fuzz("tokens", &[token.as_bytes(), b"", b"eyJ", b"Zm9v"], |input| {
         let Ok(s) = std::str::from_utf8(input) else { return };
         if let Ok(verified) = keys.verify(s) {
-            assert_eq!(said(&verified), expected, "a mutated token verified with other content: {s:?}");
-            malleable += u64::from(s != token);
+            if verified.facts().is_err() {
+                let need = Need::Repository(&app, Action::Pull);
+                assert!(verified.authorize(&need, SystemTime::now()).is_err(), "an unreadable token authorized: {s:?}");
+                unusable += 1;
+            } else {
+                assert_eq!(said(&verified), expected, "a mutated token verified with other content: {s:?}");
+                malleable += u64::from(s != token);
+            }
         }
     });
-    eprintln!("tokens: {malleable} re-encodings of the original verified, none with other content");
+    eprintln!(
+        "tokens: {malleable} re-encodings verified with the original's content, {unusable} verified but unusable"
+    );
     assert!(runs > 20);
 }

@@ -85,7 +85,7 @@ impl Registry {
             let id = Uuid::new_v4();
             let store = self.store.location(&repo.location).await?;
             let writer = store.resume_upload(id, UploadState::default(), Vec::new()).await?;
-            let written = write_body(writer, ResumableSha256::new(), 0, body).await?;
+            let written = write_body(writer, ResumableSha256::new(), 0, body, self.settings.body_idle_timeout).await?;
             self.publish(&repo, &repo.location, id, written, &digest, actor).await?;
             return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
         }
@@ -246,7 +246,7 @@ impl Registry {
             Err(aerugo_storage::Error::Busy(_)) => return Err(self.range_mismatch(name, &upload)),
             other => other?,
         };
-        let written = write_body(writer, hasher, offset(&upload), body).await?;
+        let written = write_body(writer, hasher, offset(&upload), body, self.settings.body_idle_timeout).await?;
         check_length(&upload, range, written.received)?;
         Ok((repo, upload, written))
     }
@@ -418,18 +418,28 @@ async fn copy_object(from: &AnyStore, key: &str, to: &AnyStore, digest: &Digest)
     Ok(to.complete_upload(writer, digest).await?)
 }
 
-/// Streams `body` into the upload's storage while hashing it; nothing is held whole.
+/// Streams `body` into the upload's storage while hashing it; nothing is held whole. A body
+/// that sends nothing for `idle` is refused (what it sent is not recorded: the session stays
+/// where it was, and the client resumes from there).
 async fn write_body<S, E>(
     mut writer: AnyWriter,
     mut hasher: ResumableSha256,
     mut received: u64,
     mut body: S,
+    idle: std::time::Duration,
 ) -> Result<Written<AnyWriter>>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: Display,
 {
-    while let Some(chunk) = body.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(idle, body.next()).await else {
+            return Err(RegistryError::BlobUploadInvalid(format!(
+                "the request body sent nothing for {} s",
+                idle.as_secs()
+            )));
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| RegistryError::BlobUploadInvalid(format!("reading request body: {e}")))?;
         hasher.update(&chunk);
         received += chunk.len() as u64;
