@@ -248,54 +248,162 @@ pub fn run(cmd: &mut Command) -> Output {
     output
 }
 
-/// Uploads `blob` to `repo` in three requests with curl and Basic `credentials`, each sent to
-/// its own node of one registry: `[POST, PATCH, PUT]` — the PATCH carries the first `split`
-/// bytes, the final PUT the rest. Returns the blob's digest; panics unless the PATCH answers
-/// 202 and the PUT 201.
-pub fn upload_across(credentials: &str, nodes: [&str; 3], repo: &str, blob: &[u8], split: usize) -> String {
-    use sha2::Digest as _;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
-    std::fs::write(&first, &blob[..split]).unwrap_or_else(|e| panic!("write: {e}"));
-    std::fs::write(&second, &blob[split..]).unwrap_or_else(|e| panic!("write: {e}"));
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(blob)));
-    let curl = |args: &[&str]| {
+/// A chunked upload driven with curl and Basic `credentials`, one request at a time, each to
+/// any node of one registry: POST, PATCHes, then the final PUT.
+pub struct ChunkedUpload {
+    credentials: String,
+    repo: String,
+    /// The current `Location` path.
+    pub location: String,
+    offset: usize,
+    dir: tempfile::TempDir,
+}
+
+impl ChunkedUpload {
+    fn curl(&self, args: &[&str]) -> String {
         let out = run(Command::new("curl")
-            .args(["-sS", "-u", credentials, "-H", "Expect:", "-D", "-", "-o", "/dev/null"])
+            .args(["-sS", "-u", &self.credentials, "-H", "Expect:", "-D", "-", "-o", "/dev/null"])
             .args(args));
         String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let location = |headers: &str| {
+    }
+
+    fn location_of(headers: &str) -> String {
         headers
             .lines()
             .find_map(|l| l.to_ascii_lowercase().starts_with("location:").then(|| l[9..].trim().to_owned()))
             .unwrap_or_else(|| panic!("no Location in {headers}"))
-    };
-    let started = curl(&["-X", "POST", &format!("http://{}/v2/{repo}/blobs/uploads/", nodes[0])]);
-    let range = format!("Content-Range: 0-{}", split - 1);
-    let patched = curl(&[
-        "-X",
-        "PATCH",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-H",
-        &range,
-        "--data-binary",
-        &format!("@{}", first.display()),
-        &format!("http://{}{}", nodes[1], location(&started)),
-    ]);
-    assert!(patched.starts_with("HTTP/1.1 202"), "{patched}");
-    let put = curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "--data-binary",
-        &format!("@{}", second.display()),
-        &format!("http://{}{}?digest={digest}", nodes[2], location(&patched)),
-    ]);
-    assert!(put.starts_with("HTTP/1.1 201"), "{put}");
+    }
+
+    fn body_file(&self, bytes: &[u8]) -> String {
+        let path = self.dir.path().join(format!("chunk-{}", self.offset));
+        std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write: {e}"));
+        format!("@{}", path.display())
+    }
+
+    /// Opens the session on `host`; panics unless it answers 202.
+    pub fn start(credentials: &str, host: &str, repo: &str) -> ChunkedUpload {
+        let mut upload = ChunkedUpload {
+            credentials: credentials.to_owned(),
+            repo: repo.to_owned(),
+            location: String::new(),
+            offset: 0,
+            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+        };
+        let started = upload.curl(&["-X", "POST", &format!("http://{host}/v2/{}/blobs/uploads/", upload.repo)]);
+        assert!(started.starts_with("HTTP/1.1 202"), "{started}");
+        upload.location = Self::location_of(&started);
+        upload
+    }
+
+    /// Sends the next chunk to `host`; panics unless it answers 202.
+    pub fn patch(&mut self, host: &str, chunk: &[u8]) {
+        let range = format!("Content-Range: {}-{}", self.offset, self.offset + chunk.len() - 1);
+        let body = self.body_file(chunk);
+        let url = format!("http://{host}{}", self.location);
+        let headers = ["-X", "PATCH", "-H", "Content-Type: application/octet-stream", "-H", &range];
+        let patched = self.curl(&[&headers[..], &["--data-binary", &body, &url][..]].concat());
+        assert!(patched.starts_with("HTTP/1.1 202"), "{patched}");
+        self.location = Self::location_of(&patched);
+        self.offset += chunk.len();
+    }
+
+    /// The upload's status from `host` (response headers).
+    pub fn status(&self, host: &str) -> String {
+        self.curl(&[&format!("http://{host}{}", self.location)])
+    }
+
+    /// Sends the last bytes and `digest` to `host`; panics unless it answers 201.
+    pub fn finish(self, host: &str, last: &[u8], digest: &str) {
+        let body = self.body_file(last);
+        let url = format!("http://{host}{}?digest={digest}", self.location);
+        let put =
+            self.curl(&["-X", "PUT", "-H", "Content-Type: application/octet-stream", "--data-binary", &body, &url]);
+        assert!(put.starts_with("HTTP/1.1 201"), "{put}");
+    }
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256_digest(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// Uploads `blob` to `repo` in three requests, each sent to its own node of one registry:
+/// `[POST, PATCH, PUT]` — the PATCH carries the first `split` bytes, the final PUT the rest.
+/// Returns the blob's digest.
+pub fn upload_across(credentials: &str, nodes: [&str; 3], repo: &str, blob: &[u8], split: usize) -> String {
+    let digest = sha256_digest(blob);
+    let mut upload = ChunkedUpload::start(credentials, nodes[0], repo);
+    upload.patch(nodes[1], &blob[..split]);
+    upload.finish(nodes[2], &blob[split..], &digest);
     digest
+}
+
+/// A fresh database with the site administrator `admin` (no password), the organizations'
+/// owner in `examples/`.
+pub async fn database_with_admin() -> String {
+    let database = fresh_database().await;
+    let db = aerugo_db::pool(&database, 1).unwrap_or_else(|e| panic!("pool: {e}"));
+    let client = db.get().await.unwrap_or_else(|e| panic!("database: {e}"));
+    aerugo_db::tenancy::create_user(&client, "admin", None, None, true, "system")
+        .await
+        .unwrap_or_else(|e| panic!("user admin: {e}"));
+    database
+}
+
+/// The API emulator with the CRDs of `crds/`, served on loopback, and a kubeconfig for it.
+pub struct EmulatedCluster {
+    /// The emulator (in this process).
+    pub emulator: aerugo_kube_emulator::Emulator,
+    /// Its loopback server.
+    pub api: aerugo_kube_emulator::Loopback,
+    /// A kubeconfig pointing at it.
+    pub kubeconfig: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl EmulatedCluster {
+    /// Starts one.
+    pub async fn start() -> EmulatedCluster {
+        let emulator = aerugo_kube_emulator::Emulator::new();
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        emulator.install_crds_from(&crds).unwrap_or_else(|e| panic!("CRDs: {e}"));
+        let api = emulator.serve().await.unwrap_or_else(|e| panic!("loopback: {e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let kubeconfig = dir.path().join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig).unwrap_or_else(|e| panic!("kubeconfig: {e}"));
+        EmulatedCluster { emulator, api, kubeconfig, _dir: dir }
+    }
+}
+
+/// A child process, killed (SIGKILL) when dropped.
+pub struct Kill(pub Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `aerugo-operator run` against the API server of `kubeconfig`, as replica `identity`, with
+/// its Lease in namespace `default`, plus `env`.
+pub fn operator_process(kubeconfig: &Path, database_url: &str, identity: &str, env: &[(&str, &str)]) -> Kill {
+    let admin = format!("127.0.0.1:{}", free_port());
+    Kill(
+        Command::new(operator_bin())
+            .arg("run")
+            .env("KUBECONFIG", kubeconfig)
+            .env("AERUGO_DATABASE_URL", database_url)
+            .env("AERUGO_REGISTRY_HOST", "registry.test")
+            .env("AERUGO_OPERATOR_ADMIN_LISTEN", admin)
+            .env("POD_NAMESPACE", "default")
+            .env("HOSTNAME", identity)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .spawn()
+            .unwrap_or_else(|e| panic!("operator starts: {e}")),
+    )
 }
 
 /// Writes an OCI layout with `make_oci_layout.py`; returns the top manifest digest.

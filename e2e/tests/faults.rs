@@ -4,7 +4,6 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail by panicking
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,8 +11,7 @@ use aerugo_e2e::*;
 use serde_json::{Value, json};
 
 fn sha256(data: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+    sha256_digest(data)
 }
 
 #[tokio::test]
@@ -28,52 +26,13 @@ async fn a_node_killed_mid_upload_is_resumed_on_another() {
     let admin = format!("{ADMIN_USER}:{ADMIN_PASSWORD}");
     let data: Vec<u8> = (0..9_000_000u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 9) as u8).collect();
     let digest = sha256(&data);
-    let work = tempfile::tempdir().expect("tempdir");
-    let (first, rest) = (work.path().join("first"), work.path().join("rest"));
-    std::fs::write(&first, &data[..6_000_000]).unwrap();
-    std::fs::write(&rest, &data[6_000_000..]).unwrap();
-    let curl = |args: &[&str]| {
-        let out = run(Command::new("curl")
-            .args(["-sS", "-u", &admin, "-H", "Expect:", "-D", "-", "-o", "/dev/null"])
-            .args(args));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let location = |headers: &str| {
-        headers
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().starts_with("location:").then(|| l[9..].trim().to_owned()))
-            .expect("Location")
-    };
-    let started = curl(&["-X", "POST", &format!("http://{}/v2/faults/app/blobs/uploads/", a.host)]);
-    let patched = curl(&[
-        "-X",
-        "PATCH",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-H",
-        "Content-Range: 0-5999999",
-        "--data-binary",
-        &format!("@{}", first.display()),
-        &format!("http://{}{}", a.host, location(&started)),
-    ]);
-    assert!(patched.starts_with("HTTP/1.1 202"), "{patched}");
+    let mut upload = ChunkedUpload::start(&admin, &a.host, "faults/app");
+    upload.patch(&a.host, &data[..6_000_000]);
     // Node a dies (SIGKILL): what it acknowledged is in Postgres and S3.
     drop(a);
-    let path = location(&patched);
-    let status = curl(&[&format!("http://{}{path}", b.host)]);
+    let status = upload.status(&b.host);
     assert!(status.to_ascii_lowercase().contains("range: 0-5999999"), "node b sees the progress: {status}");
-    let put = curl(&[
-        "-X",
-        "PUT",
-        "-H",
-        "Content-Type: application/octet-stream",
-        "-H",
-        "Content-Range: 6000000-8999999",
-        "--data-binary",
-        &format!("@{}", rest.display()),
-        &format!("http://{}{path}?digest={digest}", b.host),
-    ]);
-    assert!(put.starts_with("HTTP/1.1 201"), "{put}");
+    upload.finish(&b.host, &data[6_000_000..], &digest);
     let out = run(Command::new("curl").args([
         "-sSfL",
         "-u",
@@ -83,46 +42,14 @@ async fn a_node_killed_mid_upload_is_resumed_on_another() {
     assert_eq!(sha256(&out.stdout), digest, "the blob is correct");
 }
 
-/// Kills the child on drop.
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn operator(kubeconfig: &Path, database: &str, identity: &str) -> Kill {
-    Kill(
-        Command::new(operator_bin())
-            .arg("run")
-            .env("KUBECONFIG", kubeconfig)
-            .env("AERUGO_DATABASE_URL", database)
-            .env("AERUGO_REGISTRY_HOST", "registry.test")
-            .env("AERUGO_OPERATOR_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .env("POD_NAMESPACE", "default")
-            .env("HOSTNAME", identity)
-            .env("RUST_LOG", "error")
-            .spawn()
-            .expect("operator starts"),
-    )
-}
-
 #[tokio::test]
 async fn an_operator_killed_mid_reconcile_is_finished_by_the_next_leader() {
     use aerugo_kube_emulator::Emulator;
 
-    let database = fresh_database().await;
+    let database = database_with_admin().await;
     let db = aerugo_db::pool(&database, 1).expect("pool");
-    aerugo_db::tenancy::create_user(&db.get().await.expect("db"), "admin", None, None, true, "system")
-        .await
-        .expect("user");
-    let emulator = Emulator::new();
-    emulator.install_crds_from(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")).expect("CRDs");
-    let api = emulator.serve().await.expect("loopback");
-    let work = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = work.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let cluster = EmulatedCluster::start().await;
+    let (emulator, kubeconfig) = (&cluster.emulator, &cluster.kubeconfig);
     let object = |kind: &str, name: &str, spec: Value| json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": kind, "metadata": { "name": name, "namespace": "team" }, "spec": spec });
     emulator
         .seed(object("Organization", "acme", json!({ "members": [{ "user": "admin", "role": "Owner" }] })))
@@ -143,19 +70,19 @@ async fn an_operator_killed_mid_reconcile_is_finished_by_the_next_leader() {
             })
             .count()
     };
-    let first = operator(&kubeconfig, &database, "replica-a");
+    let first = operator_process(kubeconfig, &database, "replica-a", &[("RUST_LOG", "error")]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while ready(&emulator) == 0 {
+    while ready(emulator) == 0 {
         assert!(Instant::now() < deadline, "the first replica never reconciled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(first); // SIGKILL, mid-run: no chance to clean up or release the Lease
-    let at_kill = ready(&emulator);
+    let at_kill = ready(emulator);
     let killed = Instant::now();
-    let _second = operator(&kubeconfig, &database, "replica-b");
+    let _second = operator_process(kubeconfig, &database, "replica-b", &[("RUST_LOG", "error")]);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ready(&emulator) < REPOS {
-        assert!(Instant::now() < deadline, "the next leader left {} of {REPOS} unfinished", REPOS - ready(&emulator));
+    while ready(emulator) < REPOS {
+        assert!(Instant::now() < deadline, "the next leader left {} of {REPOS} unfinished", REPOS - ready(emulator));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let lease = emulator.get_raw("coordination.k8s.io/v1", "leases", Some("default"), "aerugo-operator").unwrap();

@@ -94,41 +94,13 @@ async fn example_keys_push_and_pull_with_skopeo() {
 /// server: it takes the Lease, serves metrics, and reconciles `examples/` to Ready.
 #[tokio::test]
 async fn the_operator_binary_reconciles_examples_through_a_kubeconfig() {
-    use aerugo_kube_emulator::Emulator;
-
-    let database = fresh_database().await;
-    let db = aerugo_db::pool(&database, 1).expect("pool");
-    aerugo_db::tenancy::create_user(&db.get().await.expect("db"), "admin", None, None, true, "system")
-        .await
-        .expect("user");
-    let emulator = Emulator::new();
+    let database = database_with_admin().await;
+    let cluster = EmulatedCluster::start().await;
+    let (emulator, kubeconfig) = (&cluster.emulator, &cluster.kubeconfig);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    emulator.install_crds_from(&root.join("crds")).expect("CRDs");
-    let server = emulator.serve().await.expect("loopback");
-    let work = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = work.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _operator = Kill(
-        Command::new(operator_bin())
-            .arg("run")
-            .env("KUBECONFIG", &kubeconfig)
-            .env("AERUGO_DATABASE_URL", &database)
-            .env("AERUGO_REGISTRY_HOST", "registry.test")
-            .env("AERUGO_OPERATOR_ADMIN_LISTEN", &admin)
-            .env("POD_NAMESPACE", "default")
-            .env("HOSTNAME", "operator-0")
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("operator starts"),
-    );
+    let _operator =
+        operator_process(kubeconfig, &database, "operator-0", &[("AERUGO_OPERATOR_ADMIN_LISTEN", admin.as_str())]);
 
     let text = std::fs::read_to_string(root.join("examples/acme.yaml")).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();

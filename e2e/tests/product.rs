@@ -31,14 +31,6 @@ fn s3_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run ./scripts/dev.sh test)"))
 }
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The Helm binary `scripts/dev.sh test` installs (`AERUGO_HELM`), else `helm` on the PATH.
 pub fn helm() -> PathBuf {
     std::env::var_os("AERUGO_HELM").map(PathBuf::from).unwrap_or_else(|| "helm".into())
@@ -280,26 +272,25 @@ async fn examples_through_the_operator_serve_pushes_and_pulls_on_two_nodes() {
     let s3_secret = work.path().join("s3-secret");
     std::fs::write(&s3_secret, s3_env("AERUGO_S3_SECRET_ACCESS_KEY")).unwrap();
     let admin = format!("127.0.0.1:{}", free_port());
-    let _operator = Kill(
-        Command::new(operator_bin())
-            .arg("run")
-            .env("KUBECONFIG", &kubeconfig)
-            .env("AERUGO_DATABASE_URL", &database)
-            .env("AERUGO_REGISTRY_HOST", &service.host)
-            .env("AERUGO_OPERATOR_ADMIN_LISTEN", &admin)
-            .env("POD_NAMESPACE", SYSTEM)
-            .env("HOSTNAME", "aerugo-operator-0")
-            .env("AERUGO_STORAGE", "s3")
-            .env("AERUGO_S3_ENDPOINT", s3_env("AERUGO_S3_ENDPOINT"))
-            .env("AERUGO_S3_REGION", s3_env("AERUGO_S3_REGION"))
-            .env("AERUGO_S3_BUCKET", &bucket)
-            .env("AERUGO_S3_ACCESS_KEY_ID", s3_env("AERUGO_S3_ACCESS_KEY_ID"))
-            .env("AERUGO_S3_SECRET_ACCESS_KEY_FILE", &s3_secret)
-            .env("AERUGO_S3_PATH_STYLE", "true")
-            .env("AERUGO_GC_INTERVAL_SECONDS", "1")
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("operator starts"),
+    let (endpoint, region) = (s3_env("AERUGO_S3_ENDPOINT"), s3_env("AERUGO_S3_REGION"));
+    let (key_id, secret_file) = (s3_env("AERUGO_S3_ACCESS_KEY_ID"), s3_secret.display().to_string());
+    let _operator = operator_process(
+        &kubeconfig,
+        &database,
+        "aerugo-operator-0",
+        &[
+            ("AERUGO_REGISTRY_HOST", service.host.as_str()),
+            ("AERUGO_OPERATOR_ADMIN_LISTEN", admin.as_str()),
+            ("POD_NAMESPACE", SYSTEM),
+            ("AERUGO_STORAGE", "s3"),
+            ("AERUGO_S3_ENDPOINT", endpoint.as_str()),
+            ("AERUGO_S3_REGION", region.as_str()),
+            ("AERUGO_S3_BUCKET", bucket.as_str()),
+            ("AERUGO_S3_ACCESS_KEY_ID", key_id.as_str()),
+            ("AERUGO_S3_SECRET_ACCESS_KEY_FILE", secret_file.as_str()),
+            ("AERUGO_S3_PATH_STYLE", "true"),
+            ("AERUGO_GC_INTERVAL_SECONDS", "1"),
+        ],
     );
     let kubelet = Kubelet::start(emulator.clone(), SYSTEM);
 
@@ -579,19 +570,16 @@ async fn the_charts_default_registry_is_applied_by_the_operator() {
     let file = work.path().join("registry.yaml");
     std::fs::write(&file, configmap["data"]["registry.yaml"].as_str().unwrap()).unwrap();
     let database = fresh_database().await;
-    let _operator = Kill(
-        Command::new(operator_bin())
-            .arg("run")
-            .env("KUBECONFIG", &kubeconfig)
-            .env("AERUGO_DATABASE_URL", &database)
-            .env("AERUGO_OPERATOR_ADMIN_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .env("POD_NAMESPACE", SYSTEM)
-            .env("HOSTNAME", "aerugo-operator-0")
-            .env("AERUGO_DEFAULT_REGISTRY_FILE", &file)
-            .env("AERUGO_DEFAULT_REGISTRY_CONFIGMAP", &env["AERUGO_DEFAULT_REGISTRY_CONFIGMAP"])
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("operator starts"),
+    let file_env = file.display().to_string();
+    let _operator = operator_process(
+        &kubeconfig,
+        &database,
+        "aerugo-operator-0",
+        &[
+            ("POD_NAMESPACE", SYSTEM),
+            ("AERUGO_DEFAULT_REGISTRY_FILE", file_env.as_str()),
+            ("AERUGO_DEFAULT_REGISTRY_CONFIGMAP", env["AERUGO_DEFAULT_REGISTRY_CONFIGMAP"].as_str()),
+        ],
     );
     eventually("the default Registry", Duration::from_secs(30), || {
         emulator.get_raw("aerugo.io/v1alpha1", "registries", Some(SYSTEM), "main").is_some()
