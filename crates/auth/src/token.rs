@@ -188,11 +188,23 @@ impl TokenKeys {
     }
 }
 
+/// Datalog limits for every evaluation of a token. The facts and iteration bounds are
+/// biscuit's defaults (our tokens hold a handful of facts; an attenuated one, a few more). The
+/// time bound is not: biscuit's 1 ms made authorization fail at random on a loaded node (the
+/// token fuzzer found it with the other core busy), so it is 50 ms, far above what our tokens
+/// need and still a bound on a hostile one.
+pub const LIMITS: biscuit_auth::AuthorizerLimits = biscuit_auth::AuthorizerLimits {
+    max_facts: 1000,
+    max_iterations: 100,
+    max_time: std::time::Duration::from_millis(50),
+};
+
 /// A token whose signatures are valid; what it grants is asked with [`VerifiedToken::authorize`].
 pub struct VerifiedToken(Biscuit);
 
 impl VerifiedToken {
     /// Allows `need` at time `now`, honouring every check of every block (expiry, attenuation).
+    /// Runs under [`LIMITS`].
     pub fn authorize(&self, need: &Need<'_>, now: SystemTime) -> Result<(), TokenError> {
         let (resource, operation) = match need {
             Need::Repository(name, action) => (name.as_str(), action.as_str()),
@@ -205,6 +217,7 @@ impl VerifiedToken {
             resource = resource,
             operation = operation,
         )
+        .set_limits(LIMITS)
         .build(&self.0)
         .map_err(invalid)?;
         authorizer.authorize().map(|_| ()).map_err(|_| TokenError::Denied)
@@ -214,6 +227,7 @@ impl VerifiedToken {
     pub fn authorize_kind(&self, kind: TokenKind, now: SystemTime) -> Result<(), TokenError> {
         let mut authorizer =
             authorizer!(r#"time({now}); operation({kind}); allow if kind({kind});"#, now = now, kind = kind.as_str(),)
+                .set_limits(LIMITS)
                 .build(&self.0)
                 .map_err(invalid)?;
         authorizer.authorize().map(|_| ()).map_err(|_| TokenError::Denied)
@@ -221,7 +235,7 @@ impl VerifiedToken {
 
     /// What the authority block says of the holder (never what an appended block claims).
     pub fn facts(&self) -> Result<TokenFacts, TokenError> {
-        let mut authorizer = authorizer!("allow if true;").build(&self.0).map_err(invalid)?;
+        let mut authorizer = authorizer!("allow if true;").set_limits(LIMITS).build(&self.0).map_err(invalid)?;
         let subject: Vec<(String,)> = authorizer.query("data($s) <- subject($s)").map_err(invalid)?;
         let kind: Vec<(String,)> = authorizer.query("data($k) <- kind($k)").map_err(invalid)?;
         let key: Vec<(String,)> = authorizer.query("data($k) <- key($k)").map_err(invalid)?;
