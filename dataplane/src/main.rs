@@ -207,15 +207,6 @@ fn token_keys(args: &AuthArgs) -> anyhow::Result<TokenKeys> {
     }
 }
 
-/// The S3 secret: from the file named by a flag, else the environment. Never a flag value.
-fn s3_secret(args: &ServeArgs) -> anyhow::Result<Option<String>> {
-    if let Some(path) = &args.s3_secret_access_key_file {
-        let secret = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        return Ok(Some(secret.trim().to_owned()));
-    }
-    Ok(std::env::var("AERUGO_S3_SECRET_ACCESS_KEY").ok())
-}
-
 async fn open_store(args: &ServeArgs) -> anyhow::Result<AnyStore> {
     Ok(match args.storage {
         StorageKind::File => AnyStore::Fs(
@@ -223,7 +214,9 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<AnyStore> {
                 .await
                 .with_context(|| format!("opening storage directory {}", args.storage_path.display()))?,
         ),
-        StorageKind::S3 => AnyStore::S3(S3Store::new(&args.s3_config(s3_secret(args)?)?)),
+        StorageKind::S3 => AnyStore::S3(S3Store::new(
+            &args.s3_config(aerugo_storage::secret_access_key(args.s3_secret_access_key_file.as_deref())?)?,
+        )),
     })
 }
 

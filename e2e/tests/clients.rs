@@ -218,13 +218,8 @@ async fn upload_begun_on_one_node_is_finished_on_another() {
             &format!("http://{}/v2/nodes/app/blobs/{digest}", node.host),
         ]));
         assert_eq!(out.stdout.len(), data.len());
-        assert_eq!(format!("sha256:{}", sha256_hex(&out.stdout)), digest);
+        assert_eq!(sha256_digest(&out.stdout), digest);
     }
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(data))
 }
 
 /// podman and buildah with storage of their own (vfs, so no kernel overlay support is needed).

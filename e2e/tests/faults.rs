@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 use aerugo_e2e::*;
 use serde_json::{Value, json};
 
-fn sha256(data: &[u8]) -> String {
-    sha256_digest(data)
-}
-
 #[tokio::test]
 async fn a_node_killed_mid_upload_is_resumed_on_another() {
     if std::env::var_os("AERUGO_TEST_S3").is_none() {
@@ -25,7 +21,7 @@ async fn a_node_killed_mid_upload_is_resumed_on_another() {
     let b = Server::start_next_to(&a, &database, Storage::S3);
     let admin = format!("{ADMIN_USER}:{ADMIN_PASSWORD}");
     let data: Vec<u8> = (0..9_000_000u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 9) as u8).collect();
-    let digest = sha256(&data);
+    let digest = sha256_digest(&data);
     let mut upload = ChunkedUpload::start(&admin, &a.host, "faults/app");
     upload.patch(&a.host, &data[..6_000_000]);
     // Node a dies (SIGKILL): what it acknowledged is in Postgres and S3.
@@ -39,7 +35,7 @@ async fn a_node_killed_mid_upload_is_resumed_on_another() {
         &admin,
         &format!("http://{}/v2/faults/app/blobs/{digest}", b.host),
     ]));
-    assert_eq!(sha256(&out.stdout), digest, "the blob is correct");
+    assert_eq!(sha256_digest(&out.stdout), digest, "the blob is correct");
 }
 
 #[tokio::test]
@@ -191,7 +187,7 @@ async fn postgres_restarting_under_load_fails_fast_and_loses_nothing() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
                 let body = format!("layer {i}");
-                let digest = sha256(body.as_bytes());
+                let digest = sha256_digest(body.as_bytes());
                 let started = Instant::now();
                 let out = Command::new("curl")
                     .args(["-sS", "-o", "/dev/null", "-D", "-", "-u", &admin, "-X", "POST", "--data-binary", &body])
@@ -273,7 +269,7 @@ async fn stalled_bodies_slow_heads_and_huge_headers_are_cut_off() {
     let database = fresh_database().await;
     let server = Server::start_with_env(&database, Storage::File, &[("AERUGO_BODY_IDLE_TIMEOUT", "2")]);
     let auth = basic(ADMIN_USER, ADMIN_PASSWORD);
-    let digest = sha256(b"never sent");
+    let digest = sha256_digest(b"never sent");
     // A body announcing 1,000 bytes that sends 10 and stops.
     let stalled = format!(
         "POST /v2/limits/app/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: {}\r\nAuthorization: {auth}\r\n\

@@ -80,10 +80,7 @@ async fn no_secret_reaches_logs_errors_or_metrics() {
     let key_token = token_for(&format!("alice:{api_key}"));
     let bearer = format!("Authorization: Bearer {token}");
     let blob = "hygiene-layer-bytes";
-    let digest = {
-        use sha2::Digest as _;
-        format!("sha256:{}", hex::encode(sha2::Sha256::digest(blob)))
-    };
+    let digest = sha256_digest(blob.as_bytes());
     curl(&[
         "-H",
         &bearer,

@@ -69,19 +69,9 @@ struct Storage {
 
 impl Storage {
     fn secret(&self) -> Result<String> {
-        match &self.s3_secret_access_key_file {
-            Some(path) => Ok(std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .trim()
-                .to_owned()),
-            // As the data plane: the variable, never a flag value.
-            None => match std::env::var("AERUGO_S3_SECRET_ACCESS_KEY") {
-                Ok(secret) => Ok(secret),
-                Err(_) => bail!(
-                    "AERUGO_S3_SECRET_ACCESS_KEY_FILE (or AERUGO_S3_SECRET_ACCESS_KEY) is required with s3 storage"
-                ),
-            },
-        }
+        aerugo_storage::secret_access_key(self.s3_secret_access_key_file.as_deref())?.with_context(
+            || "AERUGO_S3_SECRET_ACCESS_KEY_FILE (or AERUGO_S3_SECRET_ACCESS_KEY) is required with s3 storage",
+        )
     }
 
     /// How reconciles reach the storage (for dedicated organization buckets).

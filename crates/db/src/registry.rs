@@ -22,6 +22,8 @@ pub struct Repository {
     /// Where its blobs are stored: `""` for the registry's store, else its organization's
     /// dedicated bucket.
     pub location: String,
+    /// Its organization's storage quota, if it has one.
+    pub quota_bytes: Option<i64>,
 }
 
 impl From<Row> for Repository {
@@ -33,6 +35,7 @@ impl From<Row> for Repository {
             visibility: row.get("visibility"),
             immutable_tag_patterns: row.get("immutable_tag_patterns"),
             location: row.get("location"),
+            quota_bytes: row.get("quota_bytes"),
         }
     }
 }
@@ -158,7 +161,8 @@ pub async fn ensure_organization(client: &impl GenericClient, name: &str) -> Res
 pub async fn find_repository(client: &impl GenericClient, name: &str) -> Result<Option<Repository>> {
     let stmt = client
         .prepare_cached(
-            "SELECT r.id, r.org_id, r.name, r.visibility, r.immutable_tag_patterns, COALESCE(o.bucket, '') AS location
+            "SELECT r.id, r.org_id, r.name, r.visibility, r.immutable_tag_patterns, COALESCE(o.bucket, '') AS location,
+                    o.quota_bytes
                FROM repositories r JOIN organizations o ON o.id = r.org_id
               WHERE r.name = $1 AND r.deleted_at IS NULL",
         )
@@ -176,7 +180,7 @@ pub async fn ensure_repository(client: &impl GenericClient, org_id: i64, name: &
                  SELECT $1, $2, o.default_visibility, 'api' FROM organizations o WHERE o.id = $1
                  ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
                  RETURNING id, org_id, name, visibility, immutable_tag_patterns)
-             SELECT r.*, COALESCE(o.bucket, '') AS location FROM r JOIN organizations o ON o.id = r.org_id",
+             SELECT r.*, COALESCE(o.bucket, '') AS location, o.quota_bytes FROM r JOIN organizations o ON o.id = r.org_id",
         )
         .await?;
     Ok(client.query_one(&stmt, &[&org_id, &name]).await?.into())
@@ -267,21 +271,21 @@ pub struct OverQuota {
     pub adds: i64,
 }
 
-/// Whether adding blob `digest` (`size` bytes; `None`: just opening an upload) to a
-/// repository of organization `org_id` exceeds its quota. Usage counts each distinct blob once,
-/// so a blob the organization already holds adds nothing. With a quota set, the organization
-/// row is locked (`FOR NO KEY UPDATE`: repositories can still be created) until the caller's
-/// transaction ends, so concurrent pushes are counted one after another.
+/// Whether adding blob `digest` (`size` bytes; `None`: just opening an upload) to `repo`
+/// exceeds its organization's quota. Usage counts each distinct blob once, so a blob the
+/// organization already holds adds nothing. Without a quota (as `repo` was read) nothing is
+/// queried; with one, the organization row is locked (`FOR NO KEY UPDATE`: repositories can
+/// still be created) until the caller's transaction ends, so concurrent pushes are counted one
+/// after another.
 pub async fn over_quota(
     client: &impl GenericClient,
-    org_id: i64,
+    repo: &Repository,
     digest: Option<&str>,
     size: i64,
 ) -> Result<Option<OverQuota>> {
-    let quota = client.prepare_cached("SELECT quota_bytes FROM organizations WHERE id = $1").await?;
-    let Some(Some(_)) = client.query_opt(&quota, &[&org_id]).await?.map(|r| r.get::<_, Option<i64>>(0)) else {
+    if repo.quota_bytes.is_none() {
         return Ok(None);
-    };
+    }
     let stmt = client
         .prepare_cached(
             "SELECT o.name, o.quota_bytes,
@@ -293,7 +297,7 @@ pub async fn over_quota(
                FROM organizations o WHERE o.id = $1 FOR NO KEY UPDATE OF o",
         )
         .await?;
-    let row = client.query_one(&stmt, &[&org_id, &digest.unwrap_or_default()]).await?;
+    let row = client.query_one(&stmt, &[&repo.org_id, &digest.unwrap_or_default()]).await?;
     let (org, quota, used, held): (String, Option<i64>, i64, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
     let Some(quota) = quota else { return Ok(None) };
     let adds = if held { 0 } else { size };

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 pub use fs::FsStore;
-pub use s3::{S3Config, S3Store};
+pub use s3::{S3Config, S3Store, secret_access_key};
 
 /// A stream of blob bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;

@@ -79,6 +79,17 @@ fn upload_key(id: Uuid) -> String {
     format!("uploads/{}/data", id.simple())
 }
 
+/// The S3 secret access key: the contents of `file` (trimmed), else the variable
+/// `AERUGO_S3_SECRET_ACCESS_KEY`; never a flag value. `None` when neither is set.
+pub fn secret_access_key(file: Option<&std::path::Path>) -> std::io::Result<Option<String>> {
+    match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|s| Some(s.trim().to_owned()))
+            .map_err(|e| std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))),
+        None => Ok(std::env::var("AERUGO_S3_SECRET_ACCESS_KEY").ok()),
+    }
+}
+
 impl S3Store {
     /// The same service and credentials, another bucket.
     pub fn in_bucket(&self, bucket: &str) -> Self {

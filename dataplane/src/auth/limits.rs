@@ -109,6 +109,11 @@ impl Limiter {
         Limiter { limits, buckets: Buckets::default() }
     }
 
+    /// No limit is configured: nothing to count.
+    pub fn is_off(&self) -> bool {
+        self.limits == RateLimits::default()
+    }
+
     /// Counts a request; `Err((scope, seconds))` when a limit is exceeded.
     pub fn admit(&self, subjects: &Subjects<'_>) -> Result<(), (&'static str, u64)> {
         let client = subjects.client.unwrap_or("unknown");

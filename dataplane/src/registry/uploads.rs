@@ -76,7 +76,7 @@ impl Registry {
         {
             return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
         }
-        if let Some(over) = registry::over_quota(&client, repo.org_id, None, 0).await? {
+        if let Some(over) = registry::over_quota(&client, &repo, None, 0).await? {
             return Err(quota_denied(&over));
         }
         if let Some((digest, body)) = monolithic {
@@ -281,7 +281,10 @@ impl Registry {
         let size = i64::try_from(written.received).map_err(|_| too_large())?;
         // Over quota: nothing is completed (the final check, under the organization's lock,
         // comes with the link).
-        let over = registry::over_quota(&self.client().await?, repo.org_id, Some(digest.as_str()), size).await?;
+        let over = match repo.quota_bytes {
+            Some(_) => registry::over_quota(&self.client().await?, repo, Some(digest.as_str()), size).await?,
+            None => None,
+        };
         if let Some(over) = over {
             let (state, _) = written.writer.pause().await?;
             store.abort_upload(id, &state).await?;
@@ -331,7 +334,7 @@ impl Registry {
         if new_object && store.size(key).await?.is_none() {
             return Err(collected());
         }
-        if let Some(over) = registry::over_quota(&tx, repo.org_id, Some(digest.as_str()), size).await? {
+        if let Some(over) = registry::over_quota(&tx, repo, Some(digest.as_str()), size).await? {
             drop(tx);
             // No row points at an object this push wrote: remove it.
             if new_object {
@@ -381,7 +384,7 @@ impl Registry {
             return Ok(true);
         }
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
-        if let Some(over) = registry::over_quota(&tx, repo.org_id, Some(digest.as_str()), blob.size).await? {
+        if let Some(over) = registry::over_quota(&tx, repo, Some(digest.as_str()), blob.size).await? {
             return Err(quota_denied(&over));
         }
         registry::link_blob(&tx, repo.id, digest.as_str()).await?;
