@@ -25,6 +25,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ -n "${PG_STARTED:-}" ]; then pg_ctl_cmd stop -D "$PG_STARTED" -m fast >/dev/null 2>&1 || true; fi
+  if [ -n "${REDIS_STARTED:-}" ] && [ -s "$REDIS_STARTED" ]; then kill "$(cat "$REDIS_STARTED")" 2>/dev/null || true; fi
   if [ -n "${GARAGE_STARTED:-}" ]; then "$ROOT/scripts/garage.sh" stop "$GARAGE_STARTED" || true; fi
 }
 trap cleanup EXIT
@@ -98,6 +99,22 @@ ensure_postgres() {
 }
 
 # S3: a Garage on $1 with state in $2; exports the AERUGO_S3_* variables.
+# Redis: the machine's on 127.0.0.1:6379 if it answers; else a private redis-server (no
+# persistence) on 6380. redis-server is installed either way: tests start and stop their own.
+ensure_redis() {
+  apt_install redis-server redis-tools
+  if redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+    export AERUGO_REDIS_URL_DEFAULT=redis://127.0.0.1:6379
+    return
+  fi
+  log "starting redis-server on 127.0.0.1:6380"
+  redis-server --bind 127.0.0.1 --port 6380 --save '' --appendonly no --daemonize yes \
+    --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" >/dev/null
+  for _ in $(seq 50); do redis-cli -p 6380 ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  REDIS_STARTED=$STATE/redis.pid
+  export AERUGO_REDIS_URL_DEFAULT=redis://127.0.0.1:6380
+}
+
 ensure_garage() {
   local port=$1 dir=$2
   local env
@@ -223,6 +240,8 @@ cmd_test() {
     while read -r db; do psql -q "$AERUGO_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" >/dev/null; done
   ensure_garage 3910 "$STATE/garage-test"
   export AERUGO_TEST_S3=1
+  ensure_redis
+  export AERUGO_TEST_REDIS_URL=$AERUGO_REDIS_URL_DEFAULT
   ensure_moto 3930
   check_chart
   log "cargo fmt --check"
@@ -243,8 +262,19 @@ cmd_bench() {
   pip_install boto3 boto3
   ensure_postgres
   ensure_garage 3920 "$STATE/garage-bench"
+  ensure_redis
+  export AERUGO_BENCH_REDIS_URL=$AERUGO_REDIS_URL_DEFAULT
   build --release
   AERUGO_BIN=$CARGO_TARGET_DIR/release/aerugo-dataplane "$ROOT/bench/run.sh" "$@"
+}
+
+# The pull path: Distribution vs Aerugo with a local cache, with Redis, two nodes with Redis,
+# and without a cache; a Redis outage mid-run; a soak (bench/pull.sh).
+cmd_bench_pull() {
+  apt_install docker-registry wrk apache2-utils skopeo curl redis-server redis-tools
+  ensure_postgres
+  build --release
+  AERUGO_BIN=$CARGO_TARGET_DIR/release/aerugo-dataplane "$ROOT/bench/pull.sh" "$@"
 }
 
 # The operator's reconcile benchmark: N Repository objects to Ready, then a resync of them
@@ -259,6 +289,7 @@ case "${1:-}" in
   run) cmd_run ;;
   test) cmd_test ;;
   bench) shift; cmd_bench "$@" ;;
+  bench-pull) shift; cmd_bench_pull "$@" ;;
   bench-operator) shift; cmd_bench_operator "$@" ;;
-  *) echo "usage: $0 run|test|bench|bench-operator" >&2; exit 2 ;;
+  *) echo "usage: $0 run|test|bench|bench-pull|bench-operator" >&2; exit 2 ;;
 esac

@@ -37,8 +37,8 @@ pub struct RegistrySpec {
     pub storage: RegistryStorage,
     /// A Secret (same namespace) whose `url` key is the Postgres URL.
     pub database_secret: SecretKeyRef,
-    /// A Secret whose `url` key is the Redis URL, for the data plane's cache (used once the
-    /// data plane has a Redis cache). Default: no Redis.
+    /// A Secret whose `url` key is the Redis URL of the data plane's shared cache. Without it
+    /// a single replica caches in its own memory and several replicas do not cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_secret: Option<SecretKeyRef>,
     /// The Secret holding the token signing key; generated when absent. Default

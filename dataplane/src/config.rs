@@ -26,6 +26,19 @@ pub enum RedirectMode {
     Proxy,
 }
 
+/// Which pull-path cache a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheChoice {
+    /// Redis when `--redis-url` is set, else in-process.
+    Auto,
+    /// No cache (several nodes without Redis must not cache in-process).
+    Off,
+    /// In-process only: one node.
+    Local,
+    /// Redis (needs `--redis-url`).
+    Redis,
+}
+
 /// Flags of `aerugo-dataplane serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -85,6 +98,30 @@ pub struct ServeArgs {
     /// HTTP worker threads (default: one per core).
     #[arg(long, env = "AERUGO_WORKERS")]
     pub workers: Option<usize>,
+    /// Pull-path cache: `auto` uses Redis when a URL is given, else this process's memory
+    /// (right for one node only; run several nodes with Redis or `off`).
+    #[arg(long, env = "AERUGO_CACHE", value_enum, default_value = "auto")]
+    pub cache: CacheChoice,
+    /// Redis URL (`redis://[:password@]host:6379[/db]`; `rediss://` for TLS). Prefer the
+    /// environment variable or `--redis-url-file`: the URL may hold a password.
+    #[arg(long, env = "AERUGO_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// File holding the Redis URL.
+    #[arg(long, env = "AERUGO_REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
+    /// Longest wait for one Redis command, in milliseconds; slower answers take the node off
+    /// Redis (requests read Postgres) until Redis answers again.
+    #[arg(long, env = "AERUGO_REDIS_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_timeout_ms: u64,
+    /// Prefix of this registry's Redis keys (registries sharing one Redis need different ones).
+    #[arg(long, env = "AERUGO_REDIS_PREFIX", default_value = "aerugo")]
+    pub redis_prefix: String,
+    /// Memory for this node's cache tier, in MiB.
+    #[arg(long, env = "AERUGO_CACHE_MEMORY_MB", default_value_t = 128)]
+    pub cache_memory_mb: u64,
+    /// Longest life of a cache entry nothing invalidated, in seconds.
+    #[arg(long, env = "AERUGO_CACHE_TTL", default_value_t = 300)]
+    pub cache_ttl: u64,
     /// Authentication and token settings.
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -257,6 +294,43 @@ impl ServeArgs {
             public_url: self.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_owned()),
             upload_ttl: Duration::from_secs(self.upload_ttl),
             body_idle_timeout: Duration::from_secs(self.body_idle_timeout.max(1)),
+        })
+    }
+
+    /// The cache these flags describe.
+    pub fn cache_settings(&self) -> Result<crate::cache::CacheSettings, ConfigError> {
+        use crate::cache::{CacheMode, CacheSettings, RedisSettings};
+        let url = match (&self.redis_url, &self.redis_url_file) {
+            (Some(url), _) => Some(url.trim().to_owned()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError(format!("reading {}: {e}", path.display())))?
+                    .trim()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        }
+        .filter(|u| !u.is_empty());
+        let redis = |url: String| {
+            CacheMode::Redis(RedisSettings {
+                url,
+                timeout: Duration::from_millis(self.redis_timeout_ms.clamp(10, 10_000)),
+                prefix: self.redis_prefix.clone(),
+            })
+        };
+        let mode = match (self.cache, url) {
+            (CacheChoice::Off, _) => CacheMode::Off,
+            (CacheChoice::Local, _) => CacheMode::Local,
+            (CacheChoice::Redis | CacheChoice::Auto, Some(url)) => redis(url),
+            (CacheChoice::Redis, None) => {
+                return Err(ConfigError("--cache redis needs --redis-url or --redis-url-file".into()));
+            }
+            (CacheChoice::Auto, None) => CacheMode::Local,
+        };
+        Ok(CacheSettings {
+            mode,
+            memory_bytes: self.cache_memory_mb.max(1).saturating_mul(1 << 20),
+            ttl: Duration::from_secs(self.cache_ttl.clamp(1, 86_400)),
         })
     }
 

@@ -98,8 +98,8 @@ pub enum RegistryError {
         /// `WWW-Authenticate` header value naming the scope needed.
         challenge: String,
     },
-    /// 429 `TOOMANYREQUESTS` with `Retry-After`: too many failed logins.
-    #[error("too many failed login attempts, retry later")]
+    /// 429 `TOOMANYREQUESTS` with `Retry-After`: over a rate limit, or too many failed logins.
+    #[error("too many requests, retry later")]
     TooManyRequests {
         /// Seconds until the next attempt is allowed.
         retry_after: u64,
@@ -266,7 +266,10 @@ impl From<aerugo_db::Error> for RegistryError {
 impl From<aerugo_storage::Error> for RegistryError {
     fn from(err: aerugo_storage::Error) -> Self {
         match err {
-            aerugo_storage::Error::S3 { .. } => Self::Unavailable(err.to_string()),
+            aerugo_storage::Error::S3 { operation, .. } => {
+                crate::metrics::storage_error(operation);
+                Self::Unavailable(err.to_string())
+            }
             _ => Self::Internal(err.to_string()),
         }
     }

@@ -8,7 +8,7 @@
 //! stays broken (a manifest whose blob is gone) is reported with what to push again.
 //! Tags and manifest references are kept consistent by foreign keys and are not scanned.
 
-use aerugo_db::{Pool, fsck};
+use aerugo_db::{Pool, fsck, notify};
 use aerugo_storage::{AnyStore, BlobStore as _};
 
 use crate::error::Result;
@@ -123,16 +123,20 @@ pub async fn fsck(db: &Pool, store: &AnyStore, check_storage: bool, repair: bool
                     if matches!(problem, Problem::ObjectCorrupt { .. }) {
                         location.delete(&object.storage_key).await?;
                     }
-                    report.repaired +=
-                        usize::from(fsck::forget_object(&client, &object.digest, &object.location).await?);
+                    if fsck::forget_object(&client, &object.digest, &object.location).await? {
+                        report.repaired += 1;
+                        // Any repository linking the digest may have it cached as present.
+                        notify::everything(&client, "fsck").await?;
+                    }
                 }
                 report.problems.push(problem);
             }
         }
     }
     for (repository, digest, _, referenced) in fsck::links_without_object(&client).await? {
-        if repair && !referenced {
-            report.repaired += usize::from(fsck::unlink_unreferenced(&client, &repository, &digest).await?);
+        if repair && !referenced && fsck::unlink_unreferenced(&client, &repository, &digest).await? {
+            report.repaired += 1;
+            notify::repository(&client, &repository).await?;
         }
         report.problems.push(Problem::LinkWithoutObject { repository, digest, referenced });
     }

@@ -4,11 +4,13 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use actix_web::{HttpServer, web};
 use aerugo_auth::token::{self, Restriction, TokenKeys};
 use aerugo_dataplane::auth::Auth;
+use aerugo_dataplane::cache::Cache;
 use aerugo_dataplane::config::{AuthArgs, ServeArgs, StorageKind};
 use aerugo_dataplane::metrics::Metrics;
 use aerugo_dataplane::{Registry, server};
@@ -253,7 +255,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
     let pool = aerugo_db::pool(&args.database_url, args.database_pool_size)?;
     let auth = web::Data::new(Auth::new(pool.clone(), token_keys(&args.auth)?, args.auth.settings()?));
-    let registry = web::Data::new(Registry::new(pool, store, settings.clone()));
+    let metrics = web::Data::new(Metrics::new()?);
+    let cache_settings = args.cache_settings()?;
+    let cache = Arc::new(Cache::new(&cache_settings, metrics.cache.clone())?);
+    if cache.is_shared() && !cache.wait_serving(Duration::from_secs(5)).await {
+        tracing::warn!("Redis not reachable yet: serving from Postgres until it is");
+    }
+    let registry = web::Data::new(
+        Registry::new(pool, store, settings.clone())
+            .with_cache(cache.clone())
+            .with_upload_histogram(metrics.upload_duration.clone()),
+    );
+    actix_web::rt::spawn(aerugo_dataplane::cache::listen::run(
+        args.database_url.clone(),
+        cache,
+        auth.clone().into_inner(),
+    ));
     if let Err(e) = registry.ready().await {
         tracing::warn!(error = %e, "database or storage not reachable yet; serving anyway, /readyz reports it");
     }
@@ -291,7 +308,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
 
-    let metrics = web::Data::new(Metrics::new()?);
     let (app_registry, app_auth, app_metrics) = (registry.clone(), auth.clone(), metrics.clone());
     let mut server = HttpServer::new(move || server::app(app_registry.clone(), app_auth.clone(), app_metrics.clone()))
         .bind(args.listen)
@@ -305,7 +321,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding the admin port {}", args.admin_listen))?;
     tracing::info!(
         listen = %args.listen, admin = %args.admin_listen, storage = ?args.storage, redirect = ?args.redirect,
-        "aerugo data plane serving"
+        cache = cache_settings.mode.name(), "aerugo data plane serving"
     );
     futures_util::future::try_join(server.run(), admin.run()).await?;
     if let Err(e) = auth.flush_last_used().await {

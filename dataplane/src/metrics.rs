@@ -1,9 +1,42 @@
 //! Prometheus metrics of a data-plane node, served on the admin port: requests by route
-//! pattern, method and status with latency histograms, bytes in and out, the database pool,
-//! and the process (RSS, CPU, file descriptors). Route labels are the router's patterns, never
-//! raw paths, so label cardinality stays bounded whatever clients send.
+//! pattern, method and status with latency histograms, bytes in and out, upload durations,
+//! the cache (lookups, invalidations, Redis health), S3 errors, rate limiting, the database
+//! pool, and the process (RSS, CPU, file descriptors). Route labels are the router's
+//! patterns, never raw paths, so label cardinality stays bounded whatever clients send.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::cache::CacheMetrics;
+
+/// Failed S3 requests by operation, counted where storage errors become responses.
+static STORAGE_ERRORS: LazyLock<Option<IntCounterVec>> = LazyLock::new(|| {
+    IntCounterVec::new(Opts::new("s3_errors_total", "Failed S3 requests by operation"), &["operation"]).ok()
+});
+
+/// Counts a failed S3 request.
+pub fn storage_error(operation: &str) {
+    if let Some(errors) = STORAGE_ERRORS.as_ref() {
+        errors.with_label_values(&[operation]).inc();
+    }
+}
+
+/// A histogram of blob upload durations, from the session's start to its completion.
+pub fn upload_histogram() -> Histogram {
+    let opts = HistogramOpts::new(
+        "upload_duration_seconds",
+        "Blob upload sessions, from POST to the completing PUT (monolithic uploads are requests)",
+    )
+    .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0]);
+    match Histogram::with_opts(opts) {
+        Ok(h) => h,
+        // Only invalid names or buckets fail, and both are constants.
+        Err(e) => panic!("upload histogram definition is invalid: {e}"),
+    }
+}
 
 /// The node's metrics.
 pub struct Metrics {
@@ -14,6 +47,10 @@ pub struct Metrics {
     bytes_out: IntCounterVec,
     pool: IntGaugeVec,
     rate_limited: IntCounterVec,
+    /// Upload session durations (recorded by the registry core).
+    pub upload_duration: Histogram,
+    /// The cache's metrics (recorded by the cache).
+    pub cache: CacheMetrics,
 }
 
 /// Snapshot of the database pool, taken at scrape time.
@@ -61,7 +98,13 @@ impl Metrics {
         registry.register(Box::new(pool.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        Ok(Metrics { registry, requests, duration, bytes_in, bytes_out, pool, rate_limited })
+        let upload_duration = upload_histogram();
+        registry.register(Box::new(upload_duration.clone()))?;
+        if let Some(errors) = STORAGE_ERRORS.as_ref() {
+            registry.register(Box::new(errors.clone()))?;
+        }
+        let cache = CacheMetrics::new(Some(&registry))?;
+        Ok(Metrics { registry, requests, duration, bytes_in, bytes_out, pool, rate_limited, upload_duration, cache })
     }
 
     /// Records one finished request.

@@ -98,6 +98,11 @@ impl Server {
         Self::start_inner(database_url, storage, None, None, env)
     }
 
+    /// Starts a node that signs with the same key as `peer`, with extra environment.
+    pub fn start_next_to_with_env(peer: &Server, database_url: &str, storage: Storage, env: &[(&str, &str)]) -> Server {
+        Self::start_inner(database_url, storage, Some(&peer.key_file), None, env)
+    }
+
     fn start_with_key(database_url: &str, storage: Storage, key: Option<&Path>) -> Server {
         Self::start_inner(database_url, storage, key, None, &[])
     }

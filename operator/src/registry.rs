@@ -105,6 +105,15 @@ pub fn desired_config(r: &ValidRegistry, owner: &Value) -> Value {
         "AERUGO_PRESIGN_TTL": s.presign_ttl_seconds.unwrap_or(300).to_string(),
         "AERUGO_TOKEN_KEY_FILE": "/etc/aerugo/token/key",
         "AERUGO_LOG": "info",
+        // Several replicas share cache generations through Redis; without Redis only a single
+        // replica may cache (in its own memory), or a tag moved on one could be served old by
+        // another.
+        "AERUGO_CACHE": match (&r.spec.redis_secret, r.spec.autoscaling.is_some() || r.spec.replicas > 1) {
+            (Some(_), _) => "redis",
+            (None, false) => "local",
+            (None, true) => "off",
+        },
+        "AERUGO_REDIS_PREFIX": format!("aerugo.{}.{}", r.namespace, r.name),
     });
     if let Some(host) = &r.spec.host {
         data["AERUGO_PUBLIC_URL"] = json!(format!("https://{host}"));
@@ -118,10 +127,14 @@ fn secret_env(name: &str, secret: &str, key: &str) -> Value {
 
 fn container_env(r: &ValidRegistry) -> Vec<Value> {
     let db = &r.spec.database_secret;
-    vec![
+    let mut env = vec![
         secret_env("AERUGO_DATABASE_URL", &db.name, db.key.as_deref().unwrap_or("url")),
         secret_env("AERUGO_S3_ACCESS_KEY_ID", &r.spec.storage.credentials_secret, "accessKeyId"),
-    ]
+    ];
+    if let Some(redis) = &r.spec.redis_secret {
+        env.push(secret_env("AERUGO_REDIS_URL", &redis.name, redis.key.as_deref().unwrap_or("url")));
+    }
+    env
 }
 
 /// A short hash naming what a rollout or migration is for.
@@ -414,6 +427,29 @@ mod tests {
         .expect("valid");
         assert!(desired_deployment(&scaled, &config["data"], &owner)["spec"].get("replicas").is_none());
         assert_eq!(desired_hpa(&scaled, &owner).expect("hpa")["spec"]["maxReplicas"], 6);
+    }
+
+    #[test]
+    fn the_cache_follows_redis_and_replicas() {
+        let owner = json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": "Registry", "name": "main", "uid": "u" });
+        let cache = |spec: RegistrySpec| {
+            let r = validate(&registry(spec)).expect("valid");
+            let config = desired_config(&r, &owner);
+            let env = desired_deployment(&r, &config["data"], &owner)["spec"]["template"]["spec"]["containers"][0]["env"]
+                .clone();
+            (config["data"]["AERUGO_CACHE"].as_str().unwrap_or_default().to_owned(), env)
+        };
+        // Several replicas without Redis must not cache in process: each would serve its own
+        // view of a tag.
+        assert_eq!(cache(spec()).0, "off");
+        assert_eq!(cache(RegistrySpec { replicas: 1, ..spec() }).0, "local");
+        let scaled = Some(Autoscaling { min_replicas: 1, max_replicas: 3, target_cpu_percent: None });
+        assert_eq!(cache(RegistrySpec { replicas: 1, autoscaling: scaled, ..spec() }).0, "off");
+        let redis = Some(SecretKeyRef { name: "redis".into(), key: Some("uri".into()) });
+        let (mode, env) = cache(RegistrySpec { redis_secret: redis, ..spec() });
+        assert_eq!(mode, "redis");
+        let url = env.as_array().into_iter().flatten().find(|e| e["name"] == "AERUGO_REDIS_URL").expect("redis env");
+        assert_eq!(url["valueFrom"]["secretKeyRef"], json!({ "name": "redis", "key": "uri" }));
     }
 
     #[test]

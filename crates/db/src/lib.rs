@@ -7,6 +7,7 @@ pub mod declared;
 pub mod error;
 pub mod fsck;
 pub mod gc;
+pub mod notify;
 pub mod registry;
 pub mod tenancy;
 #[cfg(feature = "test-support")]

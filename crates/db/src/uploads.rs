@@ -109,10 +109,16 @@ pub async fn save(client: &impl GenericClient, upload: &Upload, ttl_secs: f64) -
     Ok(n == 1)
 }
 
-/// Ends a session if it is still at `version`; returns whether it was removed.
-pub async fn finish(client: &impl GenericClient, id: Uuid, version: i64) -> Result<bool> {
-    let stmt = client.prepare_cached("DELETE FROM uploads WHERE id = $1 AND version = $2").await?;
-    Ok(client.execute(&stmt, &[&id, &version]).await? == 1)
+/// Ends a session if it is still at `version`; returns how long it lasted (seconds) if it
+/// was removed.
+pub async fn finish(client: &impl GenericClient, id: Uuid, version: i64) -> Result<Option<f64>> {
+    let stmt = client
+        .prepare_cached(
+            "DELETE FROM uploads WHERE id = $1 AND version = $2
+             RETURNING extract(epoch FROM clock_timestamp() - created_at)::float8",
+        )
+        .await?;
+    Ok(client.query_opt(&stmt, &[&id, &version]).await?.map(|row| row.get(0)))
 }
 
 /// Removes a session whatever its version (client cancel); returns it if it existed.

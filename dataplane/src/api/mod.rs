@@ -277,10 +277,31 @@ fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> ac
     ApiError::Invalid(format!("invalid JSON body: {err}")).into()
 }
 
+/// After a management write succeeds, and before it is acknowledged, retires every cached
+/// entry on every node: members, grants, visibility and repositories decide who may pull
+/// what. (The database triggers notify too, for writers that are not this API.)
+async fn retire_cached_decisions(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let writes = !matches!(*req.method(), actix_web::http::Method::GET | actix_web::http::Method::HEAD)
+        && !req.path().ends_with("/auth/login");
+    let registry = req.app_data::<web::Data<crate::Registry>>().cloned();
+    let response = next.call(req).await?;
+    if writes
+        && response.status().is_success()
+        && let Some(registry) = registry
+    {
+        registry.tenancy_changed().await;
+    }
+    Ok(response)
+}
+
 /// Registers `/api/v1`, `/api/openapi.json` and `/api/docs`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
+            .wrap(actix_web::middleware::from_fn(retire_cached_decisions))
             .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(json_error))
             .route("/auth/login", web::post().to(users::login))
             .route("/users", web::post().to(users::create))

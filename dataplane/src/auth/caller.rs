@@ -18,6 +18,7 @@ use serde_json::json;
 
 use super::tokens::TokenRefusal;
 use super::{Auth, CachedToken, Presented, Principal};
+use crate::cache::View;
 use crate::error::{RegistryError, Result};
 use crate::registry::Actor;
 
@@ -137,6 +138,16 @@ impl Caller {
     /// Allows `action` on `name` or refuses it, answering the same whether or not the
     /// repository exists. Returns who acts, for the core's audit events.
     pub async fn authorize(&self, name: &RepoName, action: Action) -> Result<Actor> {
+        self.authorize_with(name, action, None).await
+    }
+
+    /// [`Caller::authorize`] with decisions for anonymous and Basic callers taken from (and
+    /// kept in) the cache of `view` (the pull path).
+    pub async fn authorize_in(&self, view: &View<'_>, name: &RepoName, action: Action) -> Result<Actor> {
+        self.authorize_with(name, action, Some(view)).await
+    }
+
+    async fn authorize_with(&self, name: &RepoName, action: Action, view: Option<&View<'_>>) -> Result<Actor> {
         // Built only for a refusal: the allowed path does not allocate it.
         let scope = || {
             format!(
@@ -168,10 +179,14 @@ impl Caller {
                     Checked::Basic(p) => Some(p.as_ref()),
                     _ => None,
                 };
-                let client = self.auth.client().await?;
-                let rights = self.auth.rights(&client, principal, name).await?;
-                // One pool connection per request at a time: the audit below takes its own.
-                drop(client);
+                let rights = match view {
+                    Some(view) => self.auth.cached_rights(view, principal, name).await?,
+                    None => {
+                        let client = self.auth.client().await?;
+                        // One pool connection per request at a time: the audit below takes its own.
+                        self.auth.rights(&client, principal, name).await?
+                    }
+                };
                 if rights.actions.contains(action) {
                     return Ok(match principal {
                         Some(p) => self.actor(&p.actor(), p.site_admin),

@@ -25,6 +25,9 @@ use aerugo_db::{GenericClient, Pool};
 use aerugo_oci::RepoName;
 use time::OffsetDateTime;
 
+use crate::cache::codec::{Decoder, Encoder};
+use crate::cache::{Kind, View};
+
 pub use caller::{Caller, CatalogViewer};
 pub use credentials::Presented;
 pub use tokens::CachedToken;
@@ -176,6 +179,29 @@ impl Auth {
         Ok(Rights { actions: actions_from(&facts, principal, name), org_id })
     }
 
+    /// [`Auth::rights`] through the cache of the repository `view` is of.
+    pub async fn cached_rights(
+        &self,
+        view: &View<'_>,
+        principal: Option<&Principal>,
+        name: &RepoName,
+    ) -> Result<Rights> {
+        let who = match principal {
+            None => String::from("-"),
+            Some(Principal { key: Some(key), .. }) => format!("k{}", key.row_id),
+            Some(Principal { user_id: Some(id), .. }) => format!("u{id}"),
+            Some(p) => format!("n{}", p.name),
+        };
+        if let Some(rights) = view.get(Kind::Rights, &who).await.and_then(decode_rights) {
+            return Ok(rights);
+        }
+        let client = self.client().await?;
+        let rights = self.rights(&client, principal, name).await?;
+        let value = Encoder::default().str(&rights.actions.to_string()).i64(rights.org_id.unwrap_or(-1)).finish();
+        view.put(Kind::Rights, &who, value).await;
+        Ok(rights)
+    }
+
     /// Records that `key_id` authenticated now; written to the database in batches.
     fn mark_used(&self, key_id: &str) {
         if let Ok(mut used) = self.last_used.lock() {
@@ -230,6 +256,15 @@ impl Auth {
             None => r.users.contains(username),
         })
     }
+}
+
+fn decode_rights(value: bytes::Bytes) -> Option<Rights> {
+    let mut d = Decoder::new(value);
+    let actions = d.string()?;
+    let org_id = d.i64()?;
+    let actions =
+        actions.split(',').filter(|a| !a.is_empty()).map(|a| a.parse::<Action>().ok()).collect::<Option<Actions>>()?;
+    d.done().then_some(Rights { actions, org_id: (org_id >= 0).then_some(org_id) })
 }
 
 /// The permission model applied to the facts.

@@ -4,9 +4,12 @@ use aerugo_db::registry::{self, Blob, BlobUnlink};
 use aerugo_oci::range::{RangeRequest, ReadRange, resolve_range};
 use aerugo_oci::{Digest, RepoName};
 use aerugo_storage::{BlobStore, ByteStream};
+use bytes::Bytes;
 use serde_json::json;
 
 use super::{Actor, Registry};
+use crate::cache::codec::{Decoder, Encoder};
+use crate::cache::{Kind, View};
 use crate::config::RedirectMode;
 use crate::error::{RegistryError, Result};
 
@@ -24,19 +27,27 @@ pub enum BlobBody {
 }
 
 impl Registry {
-    /// The blob `digest` of repository `name` (for HEAD; one database round trip).
-    pub async fn blob(&self, name: &RepoName, digest: &Digest) -> Result<Blob> {
+    /// The blob `digest` of the repository `view` is of (for HEAD): from the cache, else with
+    /// one database round trip. Only blobs that are there are cached: a blob's link appears
+    /// without invalidating anything, so an absence would go stale.
+    pub async fn blob(&self, view: &View<'_>, digest: &Digest) -> Result<Blob> {
+        if let Some(found) = view.get(Kind::Blob, digest.as_str()).await.and_then(decode_blob) {
+            return Ok(found);
+        }
         let client = self.client().await?;
-        match registry::blob_by_repository_name(&client, name.as_str(), digest.as_str()).await? {
-            None => Err(RegistryError::NameUnknown(name.to_string())),
+        match registry::blob_by_repository_name(&client, view.repository(), digest.as_str()).await? {
+            None => Err(RegistryError::NameUnknown(view.repository().to_owned())),
             Some(None) => Err(RegistryError::BlobUnknown(digest.to_string())),
-            Some(Some(blob)) => Ok(blob),
+            Some(Some(blob)) => {
+                view.put(Kind::Blob, digest.as_str(), encode_blob(&blob)).await;
+                Ok(blob)
+            }
         }
     }
 
     /// Reads a blob: a presigned redirect when configured and possible, else a stream.
-    pub async fn read_blob(&self, name: &RepoName, digest: &Digest, range: Option<&str>) -> Result<(Blob, BlobBody)> {
-        let blob = self.blob(name, digest).await?;
+    pub async fn read_blob(&self, view: &View<'_>, digest: &Digest, range: Option<&str>) -> Result<(Blob, BlobBody)> {
+        let blob = self.blob(view, digest).await?;
         let store = self.store.location(&blob.location).await?;
         if self.settings.redirect == RedirectMode::Presign
             && let Some(url) = store.presign(&blob.storage_key, self.settings.presign_ttl).await?
@@ -75,6 +86,17 @@ impl Registry {
         }
         actor.record(&tx, "blob.delete", &repo, json!({ "digest": digest })).await?;
         tx.commit().await.map_err(aerugo_db::Error::from)?;
+        self.repository_changed(name).await;
         Ok(())
     }
+}
+
+fn encode_blob(blob: &Blob) -> Bytes {
+    Encoder::default().str(&blob.digest).i64(blob.size).str(&blob.storage_key).str(&blob.location).finish()
+}
+
+fn decode_blob(value: Bytes) -> Option<Blob> {
+    let mut d = Decoder::new(value);
+    let blob = Blob { digest: d.string()?, size: d.i64()?, storage_key: d.string()?, location: d.string()? };
+    d.done().then_some(blob)
 }

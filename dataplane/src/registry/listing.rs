@@ -5,6 +5,8 @@ use aerugo_db::tenancy::{self, Viewer};
 use aerugo_oci::{Digest, RepoName};
 
 use super::Registry;
+use crate::cache::codec::{Decoder, Encoder};
+use crate::cache::{Kind, View};
 use crate::error::Result;
 
 /// Page size when the client gives no `n`, and the most one page may hold.
@@ -37,6 +39,22 @@ pub struct CatalogFilter<'a> {
     pub keep: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
+impl PageOf {
+    fn encode(&self) -> bytes::Bytes {
+        let size = self.items.iter().map(|t| t.len() + 4).sum::<usize>() + 64;
+        let e = Encoder::with_capacity(size).opt_str(self.next.as_deref()).i64(self.items.len() as i64);
+        self.items.iter().fold(e, |e, item| e.str(item)).finish()
+    }
+
+    fn decode(value: bytes::Bytes) -> Option<PageOf> {
+        let mut d = Decoder::new(value);
+        let next = d.opt_string()?;
+        let count = usize::try_from(d.i64()?).ok()?;
+        let items = (0..count).map(|_| d.string()).collect::<Option<Vec<_>>>()?;
+        d.done().then_some(PageOf { items, next })
+    }
+}
+
 impl Page {
     fn limit(&self) -> i64 {
         i64::from(self.n.unwrap_or(MAX_PAGE).min(MAX_PAGE))
@@ -56,15 +74,21 @@ impl Page {
 }
 
 impl Registry {
-    /// Tags of repository `name`.
-    pub async fn tags(&self, name: &RepoName, page: &Page) -> Result<PageOf> {
+    /// Tags of repository `name` (the repository `view` is of): a cached page, else one read.
+    pub async fn tags(&self, view: &View<'_>, name: &RepoName, page: &Page) -> Result<PageOf> {
+        let key = format!("{}:{}", page.limit(), page.last.as_deref().unwrap_or(""));
+        if let Some(cached) = view.get(Kind::Tags, &key).await.and_then(PageOf::decode) {
+            return Ok(cached);
+        }
         let client = self.client().await?;
         let repo = self.repository(&client, name).await?;
         if page.limit() == 0 {
             return Ok(PageOf { items: Vec::new(), next: None });
         }
         let items = registry::list_tags(&client, repo.id, page.last.as_deref(), page.limit() + 1).await?;
-        Ok(page.finish(items))
+        let found = page.finish(items);
+        view.put(Kind::Tags, &key, found.encode()).await;
+        Ok(found)
     }
 
     /// Repository names in the catalog that `filter` lets the caller see: those it may pull.

@@ -5,9 +5,12 @@ use aerugo_db::GenericClient;
 use aerugo_db::registry::{self, ManifestDeletion, NewManifest};
 use aerugo_oci::manifest::{self, ParsedManifest};
 use aerugo_oci::{Digest, Reference, RepoName};
+use bytes::Bytes;
 use serde_json::json;
 
 use super::{Actor, Registry};
+use crate::cache::codec::{Decoder, Encoder};
+use crate::cache::{Kind, View};
 use crate::error::{RegistryError, Result};
 
 /// A manifest as served.
@@ -18,26 +21,72 @@ pub struct StoredManifest {
     /// `Content-Type` to serve.
     pub media_type: String,
     /// Byte-exact payload.
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     /// Subject digest, for `OCI-Subject`.
     pub subject: Option<String>,
 }
 
 impl From<registry::Manifest> for StoredManifest {
     fn from(m: registry::Manifest) -> Self {
-        StoredManifest { digest: m.digest, media_type: m.media_type, payload: m.payload, subject: m.subject_digest }
+        StoredManifest {
+            digest: m.digest,
+            media_type: m.media_type,
+            payload: Bytes::from(m.payload),
+            subject: m.subject_digest,
+        }
+    }
+}
+
+impl StoredManifest {
+    fn encode(&self) -> Bytes {
+        Encoder::with_capacity(self.payload.len() + self.digest.len() + self.media_type.len() + 96)
+            .str(&self.digest)
+            .str(&self.media_type)
+            .opt_str(self.subject.as_deref())
+            .bytes(&self.payload)
+            .finish()
+    }
+
+    fn decode(value: Bytes) -> Option<StoredManifest> {
+        let mut d = Decoder::new(value);
+        let manifest = StoredManifest {
+            digest: d.string()?,
+            media_type: d.string()?,
+            subject: d.opt_string()?,
+            payload: d.bytes()?,
+        };
+        d.done().then_some(manifest)
     }
 }
 
 impl Registry {
-    /// The manifest `reference` of repository `name` (one database round trip).
-    pub async fn manifest(&self, name: &RepoName, reference: &Reference) -> Result<StoredManifest> {
+    /// The manifest `reference` of the repository `view` is of: from the cache, else with one
+    /// database round trip (and then cached under the view's stamp).
+    pub async fn manifest(&self, view: &View<'_>, reference: &Reference) -> Result<StoredManifest> {
+        let digest = match reference {
+            Reference::Tag(tag) => view.get(Kind::Tag, tag.as_str()).await,
+            Reference::Digest(digest) => Some(Bytes::copy_from_slice(digest.as_str().as_bytes())),
+        };
+        if let Some(digest) = digest.as_deref().and_then(|d| std::str::from_utf8(d).ok())
+            && let Some(found) = view.get(Kind::Manifest, digest).await.and_then(StoredManifest::decode)
+        {
+            return Ok(found);
+        }
+        let found = self.load_manifest(view.repository(), reference).await?;
+        view.put(Kind::Manifest, &found.digest, found.encode()).await;
+        if let Reference::Tag(tag) = reference {
+            view.put(Kind::Tag, tag.as_str(), Bytes::copy_from_slice(found.digest.as_bytes())).await;
+        }
+        Ok(found)
+    }
+
+    async fn load_manifest(&self, name: &str, reference: &Reference) -> Result<StoredManifest> {
         let client = self.client().await?;
         let (key, by_tag) = match reference {
             Reference::Tag(tag) => (tag.as_str(), true),
             Reference::Digest(digest) => (digest.as_str(), false),
         };
-        match registry::manifest_by_repository_name(&client, name.as_str(), key, by_tag).await? {
+        match registry::manifest_by_repository_name(&client, name, key, by_tag).await? {
             None => Err(RegistryError::NameUnknown(name.to_string())),
             Some(None) => Err(RegistryError::ManifestUnknown(reference.to_string())),
             Some(Some(found)) => Ok(found.into()),
@@ -106,6 +155,10 @@ impl Registry {
             )
             .await?;
         tx.commit().await.map_err(aerugo_db::Error::from)?;
+        if matches!(reference, Reference::Tag(_)) {
+            // Before the push is acknowledged: no node may serve the tag's old digest after.
+            self.repository_changed(name).await;
+        }
         Ok((digest, parsed.subject.map(|s| s.digest)))
     }
 
@@ -146,6 +199,7 @@ impl Registry {
             }
         }
         tx.commit().await.map_err(aerugo_db::Error::from)?;
+        self.repository_changed(name).await;
         Ok(())
     }
 }

@@ -7,6 +7,8 @@ mod listing;
 mod manifests;
 mod uploads;
 
+use std::sync::Arc;
+
 use aerugo_db::registry::Repository;
 use aerugo_db::{GenericClient, Pool, PooledClient, audit, registry, tenancy};
 use aerugo_oci::RepoName;
@@ -19,6 +21,7 @@ pub use listing::{Page, PageOf};
 pub use manifests::StoredManifest;
 pub use uploads::{StartUpload, UploadProgress};
 
+use crate::cache::Cache;
 use crate::config::Settings;
 use crate::error::{RegistryError, Result};
 
@@ -55,12 +58,62 @@ pub struct Registry {
     db: Pool,
     store: AnyStore,
     settings: Settings,
+    cache: Arc<Cache>,
+    upload_seconds: prometheus::Histogram,
 }
 
 impl Registry {
-    /// A registry over `db` and `store`.
+    /// A registry over `db` and `store`, with an in-process cache.
     pub fn new(db: Pool, store: AnyStore, settings: Settings) -> Self {
-        Registry { db, store, settings }
+        let upload_seconds = crate::metrics::upload_histogram();
+        Registry { db, store, settings, cache: Arc::new(Cache::local()), upload_seconds }
+    }
+
+    /// Uses `cache` (shared with authentication) instead of a private in-process one.
+    pub fn with_cache(mut self, cache: Arc<Cache>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// Records upload durations in `histogram` (the node's registered one).
+    pub fn with_upload_histogram(mut self, histogram: prometheus::Histogram) -> Self {
+        self.upload_seconds = histogram;
+        self
+    }
+
+    /// The pull-path cache.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// Retires what every node caches of repository `name` after a committed write, before it
+    /// is acknowledged. When this node cannot reach Redis while others may, they learn it
+    /// through Postgres instead (their listeners bump the generation).
+    async fn repository_changed(&self, name: &RepoName) {
+        if self.cache.repository_changed(name.as_str(), "write").await {
+            return;
+        }
+        let notified = match self.client().await {
+            Ok(client) => aerugo_db::notify::repository(&client, name.as_str()).await.map_err(RegistryError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = notified {
+            tracing::error!(repository = %name, error = %e, "could not announce a change to other nodes; they may serve it stale until their cache TTL");
+        }
+    }
+
+    /// [`Registry::repository_changed`] for tenancy state (management API writes).
+    pub async fn tenancy_changed(&self) {
+        if self.cache.tenancy_changed("write").await {
+            return;
+        }
+        let notified = match self.client().await {
+            Ok(client) => aerugo_db::notify::everything(&client, "api").await.map_err(RegistryError::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = notified {
+            tracing::error!(error = %e, "could not announce a tenancy change to other nodes; they may serve it stale until their cache TTL");
+        }
     }
 
     /// Checks that the database and the blob store answer (readiness).

@@ -150,11 +150,12 @@ impl Registry {
     {
         let (repo, upload, written) = self.receive(name, id, range, body).await?;
         let client = self.client().await?;
-        if !uploads::finish(&client, id, upload.version).await? {
+        let Some(lasted) = uploads::finish(&client, id, upload.version).await? else {
             return Err(RegistryError::BlobUploadUnknown);
-        }
+        };
         drop(client);
         self.publish(&repo, &upload.location, id, written, digest, actor).await?;
+        self.upload_seconds.observe(lasted.max(0.0));
         Ok(self.blob_url(name, digest))
     }
 

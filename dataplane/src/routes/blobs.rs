@@ -15,8 +15,9 @@ type Path = web::Path<(String, String)>;
 
 pub(super) async fn head(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
     let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
-    caller.authorize(&name, Action::Pull).await?;
-    let blob = registry.blob(&name, &digest).await?;
+    let view = registry.cache().view(name.as_str()).await;
+    caller.authorize_in(&view, &name, Action::Pull).await?;
+    let blob = registry.blob(&view, &digest).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header(("Docker-Content-Digest", blob.digest.as_str()))
@@ -32,8 +33,9 @@ pub(super) async fn get(
     req: HttpRequest,
 ) -> Result<HttpResponse> {
     let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
-    caller.authorize(&name, Action::Pull).await?;
-    let (blob, body) = registry.read_blob(&name, &digest, header_value(&req, "range")).await?;
+    let view = registry.cache().view(name.as_str()).await;
+    caller.authorize_in(&view, &name, Action::Pull).await?;
+    let (blob, body) = registry.read_blob(&view, &digest, header_value(&req, "range")).await?;
     let size = u64::try_from(blob.size).unwrap_or(0);
     Ok(match body {
         BlobBody::Redirect(url) => HttpResponse::TemporaryRedirect()

@@ -55,9 +55,10 @@ pub(super) async fn tags(
     req: HttpRequest,
 ) -> Result<HttpResponse> {
     let name = repo_name(&path)?;
-    caller.authorize(&name, Action::Pull).await?;
+    let view = registry.cache().view(name.as_str()).await;
+    caller.authorize_in(&view, &name, Action::Pull).await?;
     let page = page(&req)?;
-    let result = registry.tags(&name, &page).await?;
+    let result = registry.tags(&view, &name, &page).await?;
     let body = json!({ "name": name.as_str(), "tags": result.items });
     let mut response = HttpResponse::Ok();
     response.content_type("application/json");

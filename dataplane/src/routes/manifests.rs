@@ -29,8 +29,9 @@ fn found(manifest: StoredManifest) -> HttpResponse {
 
 pub(super) async fn get(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
     let (name, reference) = parse(&path)?;
-    caller.authorize(&name, Action::Pull).await?;
-    Ok(found(registry.manifest(&name, &reference).await?))
+    let view = registry.cache().view(name.as_str()).await;
+    caller.authorize_in(&view, &name, Action::Pull).await?;
+    Ok(found(registry.manifest(&view, &reference).await?))
 }
 
 pub(super) async fn head(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {

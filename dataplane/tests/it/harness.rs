@@ -354,3 +354,44 @@ pub async fn token(app: &impl App, auth: Option<&str>, scopes: &[&str]) -> Strin
 pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+/// The Redis URL `scripts/dev.sh test` provides, if any.
+pub fn test_redis_url() -> Option<String> {
+    std::env::var("AERUGO_TEST_REDIS_URL").ok().filter(|u| !u.is_empty())
+}
+
+/// A node's cache on the test Redis under `prefix` (nodes given the same prefix share
+/// generations and entries), recording into `metrics`; waits until it serves.
+pub async fn redis_cache(
+    url: &str,
+    prefix: &str,
+    metrics: &aerugo_dataplane::metrics::Metrics,
+) -> std::sync::Arc<aerugo_dataplane::cache::Cache> {
+    use aerugo_dataplane::cache::{Cache, CacheMode, CacheSettings, RedisSettings};
+    let settings = CacheSettings {
+        mode: CacheMode::Redis(RedisSettings {
+            url: url.to_owned(),
+            timeout: Duration::from_millis(500),
+            prefix: prefix.to_owned(),
+        }),
+        ..CacheSettings::default()
+    };
+    let cache = std::sync::Arc::new(Cache::new(&settings, metrics.cache.clone()).expect("cache"));
+    for _ in 0..100 {
+        if cache.is_serving() {
+            return cache;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the cache did not connect to Redis at {url}");
+}
+
+/// The value of the sample `name{labels}` in the text exposition of `metrics` (0 if absent).
+pub fn sample(metrics: &aerugo_dataplane::metrics::Metrics, name_and_labels: &str) -> f64 {
+    let pool = aerugo_dataplane::metrics::PoolStatus { in_use: 0, idle: 0, waiting: 0, max: 0 };
+    metrics
+        .render(pool)
+        .lines()
+        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}

@@ -5,7 +5,9 @@
 
 mod api;
 mod auth;
+mod cache;
 mod conformance;
+mod dashboard;
 mod fsck;
 mod harness;
 mod isolation;

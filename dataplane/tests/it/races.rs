@@ -19,9 +19,28 @@ async fn concurrent_writes_on_two_nodes_leave_every_chain_whole() {
     let store = AnyStore::Fs(FsStore::new(t.storage_dir()).await.expect("store"));
     let pool = aerugo_db::pool(&t.database_url, 8).expect("pool");
     let settings = Settings { redirect: RedirectMode::Proxy, ..Settings::default() };
-    let second = web::Data::new(Registry::new(pool.clone(), store.clone(), settings));
-    let a = app_with(&t.registry, &t.auth, &metrics(), Some(&t.admin)).await;
-    let b = app_with(&second, &t.auth, &metrics(), Some(&t.admin)).await;
+    // Two nodes serve one registry only with shared cache generations (Redis), or no cache.
+    let (metrics_a, metrics_b) = (metrics(), metrics());
+    let caches = match test_redis_url() {
+        Some(url) => {
+            let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+            (redis_cache(&url, &prefix, &metrics_a).await, redis_cache(&url, &prefix, &metrics_b).await)
+        }
+        None => {
+            let off = aerugo_dataplane::cache::CacheSettings {
+                mode: aerugo_dataplane::cache::CacheMode::Off,
+                ..Default::default()
+            };
+            let cache = |m: &aerugo_dataplane::metrics::Metrics| {
+                std::sync::Arc::new(aerugo_dataplane::cache::Cache::new(&off, m.cache.clone()).expect("cache"))
+            };
+            (cache(&metrics_a), cache(&metrics_b))
+        }
+    };
+    let first = web::Data::new(Registry::new(pool.clone(), store.clone(), settings.clone()).with_cache(caches.0));
+    let second = web::Data::new(Registry::new(pool.clone(), store.clone(), settings).with_cache(caches.1));
+    let a = app_with(&first, &t.auth, &metrics_a, Some(&t.admin)).await;
+    let b = app_with(&second, &t.auth, &metrics_b, Some(&t.admin)).await;
     let nodes = [&a, &b];
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     let mut count = |what: String| *outcomes.entry(what).or_default() += 1;
