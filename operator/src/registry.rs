@@ -435,8 +435,9 @@ mod tests {
         let cache = |spec: RegistrySpec| {
             let r = validate(&registry(spec)).expect("valid");
             let config = desired_config(&r, &owner);
-            let env = desired_deployment(&r, &config["data"], &owner)["spec"]["template"]["spec"]["containers"][0]["env"]
-                .clone();
+            let env =
+                desired_deployment(&r, &config["data"], &owner)["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .clone();
             (config["data"]["AERUGO_CACHE"].as_str().unwrap_or_default().to_owned(), env)
         };
         // Several replicas without Redis must not cache in process: each would serve its own
