@@ -72,7 +72,8 @@ ADMIN_PASSWORD=bench-admin-password
 printf '%s\n' "$ADMIN_PASSWORD" >"$WORK/admin-password"
 "$AERUGO_BIN" bootstrap --admin-password-file "$WORK/admin-password" >/dev/null 2>&1
 "$AERUGO_BIN" keygen --out "$WORK/token.key"
-export AERUGO_TOKEN_KEY_FILE=$WORK/token.key AERUGO_LOG=warn AERUGO_CLIENT_RATE_LIMIT=0 AERUGO_TOKEN_RATE_LIMIT=0
+# Tokens outlive the run (the matrix takes longer than the default 5 minutes).
+export AERUGO_TOKEN_KEY_FILE=$WORK/token.key AERUGO_LOG=warn AERUGO_CLIENT_RATE_LIMIT=0 AERUGO_TOKEN_RATE_LIMIT=0 AERUGO_TOKEN_TTL=3600
 aerugo() { # name addr admin_port cache [redis url]
   local name=$1 addr=$2 admin=$3 cache=$4
   AERUGO_CACHE=$cache AERUGO_REDIS_URL=${5:-} AERUGO_REDIS_PREFIX=bench \

@@ -114,27 +114,22 @@ async fn changes_by_other_writers_reach_cached_decisions_through_notifications()
 
     // As the operator would: straight to the database.
     visibility("public").await;
-    let mut status = StatusCode::UNAUTHORIZED;
-    for _ in 0..100 {
-        status = anonymous_pull().await.status;
-        if status == StatusCode::OK {
-            break;
+    // Up to 5 s for the notification to arrive, polling every 50 ms.
+    let settles_at = async |want: StatusCode| {
+        for _ in 0..100 {
+            if anonymous_pull().await.status == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, StatusCode::OK, "making the repository public reached the node");
+        false
+    };
+    assert!(settles_at(StatusCode::OK).await, "making the repository public reached the node");
     assert_eq!(anonymous_pull().await.status, StatusCode::OK);
     assert!(sample(&m, "aerugo_cache_lookups_total{kind=\"rights\",result=\"local_hit\"}") >= 1.0);
 
     visibility("private").await;
-    for _ in 0..100 {
-        status = anonymous_pull().await.status;
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "making the repository private retired the cached decision");
+    assert!(settles_at(StatusCode::UNAUTHORIZED).await, "making the repository private retired the cached decision");
     assert_eq!(anonymous_pull().await.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -260,4 +255,31 @@ async fn redis_going_away_fails_no_request_and_the_cache_resumes_when_it_returns
     }
     assert!(hits(&m) > before, "reads are served from the cache again");
     assert!(sample(&m, "aerugo_cache_invalidations_total{origin=\"recovery\",scope=\"epoch\"}") >= 1.0);
+}
+
+#[actix_web::test]
+async fn a_cached_pull_with_a_verified_token_needs_no_database() {
+    let t = fs_registry().await;
+    let store = AnyStore::Fs(FsStore::new(t.storage_dir()).await.expect("store"));
+    let pool = aerugo_db::pool(&t.database_url, 4).expect("pool");
+    let settings = Settings { redirect: RedirectMode::Proxy, ..Settings::default() };
+    let registry = web::Data::new(Registry::new(pool.clone(), store, settings));
+    let app = app_with(&registry, &t.auth, &metrics(), Some(&t.admin)).await;
+    let digest = push_image(&app, "hot/app", "v1", 5).await;
+    let bearer = token(&app, Some(&t.admin), &["repository:hot/app:pull"]).await;
+    let manifest = send_as(&app, &bearer, TestRequest::get().uri("/v2/hot/app/manifests/v1")).await;
+    assert_eq!(manifest.status, StatusCode::OK);
+    let layer = manifest.json()["layers"][0]["digest"].as_str().expect("layer").to_owned();
+    let head = |uri: String| send_as(&app, &bearer, TestRequest::default().method(Method::HEAD).uri(&uri));
+    assert_eq!(head(format!("/v2/hot/app/blobs/{layer}")).await.status, StatusCode::OK);
+
+    // No connection can be had any more: what answers now answered without Postgres.
+    pool.close();
+    for uri in ["/v2/hot/app/manifests/v1".to_owned(), format!("/v2/hot/app/manifests/{digest}")] {
+        assert_eq!(send_as(&app, &bearer, TestRequest::get().uri(&uri)).await.status, StatusCode::OK, "{uri}");
+    }
+    assert_eq!(head(format!("/v2/hot/app/blobs/{layer}")).await.status, StatusCode::OK);
+    // An uncached read does need it, and fails cleanly.
+    let uncached = send_as(&app, &bearer, TestRequest::get().uri("/v2/hot/app/manifests/v2")).await;
+    assert_eq!(uncached.status, StatusCode::SERVICE_UNAVAILABLE);
 }
