@@ -3,7 +3,8 @@
 # Invoked by `./scripts/dev.sh bench-pull`, which installs the tools, starts Postgres and builds
 # the release binary, then calls this with AERUGO_PG_ADMIN_URL and AERUGO_BIN set.
 #
-# Registries (all at once, one database, one blob directory, one token key):
+# Registries (all at once, one database, one blob directory, one token key; 20-connection
+# pools, so the four Aerugo nodes stay within a default Postgres's 100 connections):
 #   distribution  Debian's docker-registry, no authentication
 #   local         one Aerugo node, in-process cache
 #   redis         one Aerugo node, cache in Redis (a redis-server this script starts)
@@ -37,13 +38,18 @@ REDIS_PORT=${REDIS_PORT:-6390}
 PIDS=()
 REDIS_PID=
 cleanup() {
+  local status=$?
+  if [ "$status" != 0 ]; then
+    for log in "$WORK"/*.log; do echo "--- last lines of $log" >&2; tail -n 20 "$log" >&2; done
+  fi
   for pid in "${PIDS[@]}" $REDIS_PID; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 start_redis() {
   redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
   REDIS_PID=$!
@@ -52,32 +58,15 @@ start_redis() {
 }
 
 # --- registries ---------------------------------------------------------------------------
-cat >"$WORK/distribution.yml" <<YML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage:
-  filesystem: {rootdirectory: $WORK/distribution}
-  delete: {enabled: true}
-http: {addr: $DIST}
-YML
-docker-registry serve "$WORK/distribution.yml" >"$WORK/distribution.log" 2>&1 &
-PIDS+=($!)
+start_distribution "$DIST"
 start_redis
-
-db=aerugo_bench_pull
-psql -q "$AERUGO_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
-export AERUGO_DATABASE_URL=${AERUGO_PG_ADMIN_URL%/*}/$db
-"$AERUGO_BIN" migrate >/dev/null 2>&1
-ADMIN_PASSWORD=bench-admin-password
-printf '%s\n' "$ADMIN_PASSWORD" >"$WORK/admin-password"
-"$AERUGO_BIN" bootstrap --admin-password-file "$WORK/admin-password" >/dev/null 2>&1
-"$AERUGO_BIN" keygen --out "$WORK/token.key"
+aerugo_database aerugo_bench_pull
 # Tokens outlive the run (the matrix takes longer than the default 5 minutes).
-export AERUGO_TOKEN_KEY_FILE=$WORK/token.key AERUGO_LOG=warn AERUGO_CLIENT_RATE_LIMIT=0 AERUGO_TOKEN_RATE_LIMIT=0 AERUGO_TOKEN_TTL=3600
+export AERUGO_LOG=warn AERUGO_CLIENT_RATE_LIMIT=0 AERUGO_TOKEN_RATE_LIMIT=0 AERUGO_TOKEN_TTL=3600
 aerugo() { # name addr admin_port cache [redis url]
   local name=$1 addr=$2 admin=$3 cache=$4
   AERUGO_CACHE=$cache AERUGO_REDIS_URL=${5:-} AERUGO_REDIS_PREFIX=bench \
-    "$AERUGO_BIN" serve --listen "$addr" --admin-listen "127.0.0.1:$admin" --storage file \
+    "$AERUGO_BIN" serve --listen "$addr" --admin-listen "127.0.0.1:$admin" --storage file --database-pool-size 20 \
     --storage-path "$WORK/aerugo" --redirect proxy >"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
 }
@@ -125,9 +114,6 @@ wrk_run() {
   out=$(wrk -t2 -c"$conns" -d"${DURATION}s" --latency -H "Accept: $ACCEPT" "${extra[@]}" "http://$addr$path")
   peer_errors "$out" "$addr$path" "$conns" || check_wrk "$out" "$addr$path"
   echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") $(p99_of "$out")"
-}
-p99_of() {
-  awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$1"
 }
 # Distribution's socket errors (wrk timeouts under load) are recorded, not fatal; Aerugo's are.
 peer_errors() { # wrk_output addr_path conns

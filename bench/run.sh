@@ -33,29 +33,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_http() { for _ in $(seq 1 100); do curl -sf -o /dev/null "$1" && return; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 # --- start both registries ---------------------------------------------------------------
-cat >"$WORK/distribution.yml" <<YML
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage:
-  filesystem: {rootdirectory: $WORK/distribution}
-  delete: {enabled: true}
-http: {addr: $DIST_ADDR}
-YML
-docker-registry serve "$WORK/distribution.yml" >"$WORK/distribution.log" 2>&1 &
-DIST_PID=$!; PIDS+=("$DIST_PID")
-
-db=aerugo_bench
-psql -q "$AERUGO_PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
-export AERUGO_DATABASE_URL=${AERUGO_PG_ADMIN_URL%/*}/$db
-"$AERUGO_BIN" migrate >/dev/null 2>&1
-ADMIN_PASSWORD=bench-admin-password
-printf '%s\n' "$ADMIN_PASSWORD" >"$WORK/admin-password"
-"$AERUGO_BIN" bootstrap --admin-password-file "$WORK/admin-password" >/dev/null 2>&1
-"$AERUGO_BIN" keygen --out "$WORK/token.key"
-export AERUGO_TOKEN_KEY_FILE=$WORK/token.key
+start_distribution "$DIST_ADDR"
+aerugo_database aerugo_bench
 # The load generator is one client address: per-client rate limits off (Distribution has none).
 AERUGO_LOG=warn AERUGO_CLIENT_RATE_LIMIT=0 AERUGO_TOKEN_RATE_LIMIT=0 \
   "$AERUGO_BIN" serve --listen "$AERUGO_ADDR" --admin-listen 127.0.0.1:5201 --storage file --storage-path "$WORK/aerugo" \
@@ -94,7 +77,7 @@ wrk_run() {
   out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -H "Accept: $ACCEPT" "${extra[@]}" "http://$1$2")
   local rps p99
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v*=1000}; print v}' <<<"$out")
+  p99=$(p99_of "$out")
   local non2xx
   non2xx=$(awk '/Non-2xx/ {print $4}' <<<"$out")
   [ -z "$non2xx" ] || { echo "wrk saw $non2xx non-2xx answers from $1$2" >&2; exit 1; }
