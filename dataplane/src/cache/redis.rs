@@ -65,6 +65,8 @@ impl Keys {
 struct Health {
     /// Whether requests may use Redis.
     up: AtomicBool,
+    /// Whether Redis was ever used by this node (it is past start-up).
+    ever_up: AtomicBool,
     /// Whether the next recovery must start a new epoch (something may have been missed).
     renew_epoch: AtomicBool,
 }
@@ -96,7 +98,11 @@ impl RedisTier {
             .build()
             .map_err(|e| ConfigError(format!("Redis client: {}", e.details())))?;
         let options = Options { timeout: Some(timeout), fail_fast: true, max_attempts: Some(1), ..Default::default() };
-        let health = Arc::new(Health { up: AtomicBool::new(false), renew_epoch: AtomicBool::new(false) });
+        let health = Arc::new(Health {
+            up: AtomicBool::new(false),
+            ever_up: AtomicBool::new(false),
+            renew_epoch: AtomicBool::new(false),
+        });
         metrics.redis_up.set(0);
         drop(client.connect());
         let keys = Keys::new(&settings.prefix);
@@ -160,38 +166,34 @@ impl RedisTier {
         None
     }
 
-    /// Bumps a repository's generation; false when it could not be recorded. Unlike reads,
-    /// a bump waits for a connection being made (a node just started, a reconnect): other
-    /// nodes may be serving from Redis, and only this bump retires what they hold.
+    /// Bumps a repository's generation; false when it could not be recorded (the caller
+    /// then tells the other nodes through Postgres).
     pub(super) async fn bump_repository(&self, repository: &str) -> bool {
-        self.wait_connected().await;
-        let bumped: Result<i64, _> =
-            self.client.with_options(&self.bump_options()).incr(self.keys.repository(repository)).await;
+        let options = self.bump_options().await;
+        let bumped: Result<i64, _> = self.client.with_options(&options).incr(self.keys.repository(repository)).await;
         self.bumped(bumped)
     }
 
     /// Bumps the tenancy generation; false when it could not be recorded.
     pub(super) async fn bump_tenancy(&self) -> bool {
-        self.wait_connected().await;
-        let bumped: Result<i64, _> =
-            self.client.with_options(&self.bump_options()).incr(self.keys.tenancy.as_str()).await;
+        let options = self.bump_options().await;
+        let bumped: Result<i64, _> = self.client.with_options(&options).incr(self.keys.tenancy.as_str()).await;
         self.bumped(bumped)
     }
 
-    /// Waits (up to the bump timeout) for a connection being made.
-    async fn wait_connected(&self) {
+    /// How a bump is sent. Until this node has used Redis once (it is starting), a bump waits
+    /// up to 2 s for the first connection: other nodes may be serving from Redis, and this bump
+    /// is what retires their entries. Once Redis has failed, bumps fail fast like reads, so a
+    /// Redis outage does not slow every write down; the Postgres announcement covers them.
+    async fn bump_options(&self) -> Options {
+        if self.health.ever_up.load(Ordering::Acquire) {
+            return self.options.clone();
+        }
+        let wait = self.options.timeout.unwrap_or_default().max(Duration::from_secs(2));
         if !self.client.is_connected() {
-            let wait = self.bump_options().timeout.unwrap_or(Duration::from_secs(2));
             let _ = tokio::time::timeout(wait, self.client.wait_for_connect()).await;
         }
-    }
-
-    fn bump_options(&self) -> Options {
-        Options {
-            fail_fast: false,
-            timeout: self.options.timeout.map(|t| t.max(Duration::from_secs(2))),
-            ..self.options.clone()
-        }
+        Options { fail_fast: false, timeout: Some(wait), ..self.options.clone() }
     }
 
     fn bumped(&self, result: Result<i64, fred::error::Error>) -> bool {
@@ -282,6 +284,7 @@ async fn watch(
             Ok(_) => {
                 connected_once = true;
                 health.up.store(true, Ordering::Release);
+                health.ever_up.store(true, Ordering::Release);
                 metrics.redis_up.set(1);
                 if renew {
                     metrics.invalidated("epoch", "recovery");
