@@ -126,7 +126,7 @@ pub async fn fsck(db: &Pool, store: &AnyStore, check_storage: bool, repair: bool
                     if fsck::forget_object(&client, &object.digest, &object.location).await? {
                         report.repaired += 1;
                         // Any repository linking the digest may have it cached as present.
-                        notify::everything(&client, "fsck").await?;
+                        notify::announce(&client, notify::Change::Everything("fsck")).await?;
                     }
                 }
                 report.problems.push(problem);
@@ -136,7 +136,7 @@ pub async fn fsck(db: &Pool, store: &AnyStore, check_storage: bool, repair: bool
     for (repository, digest, _, referenced) in fsck::links_without_object(&client).await? {
         if repair && !referenced && fsck::unlink_unreferenced(&client, &repository, &digest).await? {
             report.repaired += 1;
-            notify::repository(&client, &repository).await?;
+            notify::announce(&client, notify::Change::Repository(&repository)).await?;
         }
         report.problems.push(Problem::LinkWithoutObject { repository, digest, referenced });
     }

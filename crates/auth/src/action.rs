@@ -89,6 +89,16 @@ impl Actions {
     /// Everything.
     pub const ALL: Actions = Actions(7);
 
+    /// The set as a bit mask (pull 1, push 2, delete 4), for compact storage.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set a [`Actions::bits`] mask stands for; unknown bits are dropped.
+    pub fn from_bits(bits: u8) -> Actions {
+        Actions(bits & Actions::ALL.0)
+    }
+
     /// Whether `action` is in the set.
     pub fn contains(self, action: Action) -> bool {
         self.0 & action.bit() != 0

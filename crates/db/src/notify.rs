@@ -13,17 +13,21 @@ pub const CHANNEL: &str = "aerugo_invalidate";
 /// The payload prefix of a change to one repository's content (`repository:<name>`).
 pub const REPOSITORY_PREFIX: &str = "repository:";
 
-/// Announces (at commit, when inside a transaction) that `repository` serves something else.
-pub async fn repository(client: &impl GenericClient, repository: &str) -> Result<()> {
-    let payload = format!("{REPOSITORY_PREFIX}{repository}");
-    client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await?;
-    Ok(())
+/// What changed, as a notification says it.
+pub enum Change<'a> {
+    /// What one repository serves (tags, manifests, blob links).
+    Repository(&'a str),
+    /// Anything that may concern any repository; the name says what (a table, a tool).
+    Everything(&'a str),
 }
 
-/// Announces (at commit, when inside a transaction) a change that may concern any repository;
-/// `what` names it (a table, a tool).
-pub async fn everything(client: &impl GenericClient, what: &str) -> Result<()> {
-    client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &what]).await?;
+/// Announces `change` to every listening node (at commit, when inside a transaction).
+pub async fn announce(client: &impl GenericClient, change: Change<'_>) -> Result<()> {
+    let payload = match change {
+        Change::Repository(name) => format!("{REPOSITORY_PREFIX}{name}"),
+        Change::Everything(what) => what.to_owned(),
+    };
+    client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await?;
     Ok(())
 }
 

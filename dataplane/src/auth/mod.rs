@@ -186,18 +186,18 @@ impl Auth {
         principal: Option<&Principal>,
         name: &RepoName,
     ) -> Result<Rights> {
-        let who = match principal {
-            None => String::from("-"),
-            Some(Principal { key: Some(key), .. }) => format!("k{}", key.row_id),
-            Some(Principal { user_id: Some(id), .. }) => format!("u{id}"),
-            Some(p) => format!("n{}", p.name),
+        let who: std::borrow::Cow<'static, str> = match principal {
+            None => "-".into(),
+            Some(Principal { key: Some(key), .. }) => format!("k{}", key.row_id).into(),
+            Some(Principal { user_id: Some(id), .. }) => format!("u{id}").into(),
+            Some(p) => format!("n{}", p.name).into(),
         };
         if let Some(rights) = view.get(Kind::Rights, &who).await.and_then(decode_rights) {
             return Ok(rights);
         }
         let client = self.client().await?;
         let rights = self.rights(&client, principal, name).await?;
-        let value = Encoder::default().str(&rights.actions.to_string()).i64(rights.org_id.unwrap_or(-1)).finish();
+        let value = Encoder::default().i64(i64::from(rights.actions.bits())).i64(rights.org_id.unwrap_or(-1)).finish();
         view.put(Kind::Rights, &who, value).await;
         Ok(rights)
     }
@@ -260,10 +260,8 @@ impl Auth {
 
 fn decode_rights(value: bytes::Bytes) -> Option<Rights> {
     let mut d = Decoder::new(value);
-    let actions = d.string()?;
+    let actions = Actions::from_bits(u8::try_from(d.i64()?).ok()?);
     let org_id = d.i64()?;
-    let actions =
-        actions.split(',').filter(|a| !a.is_empty()).map(|a| a.parse::<Action>().ok()).collect::<Option<Actions>>()?;
     d.done().then_some(Rights { actions, org_id: (org_id >= 0).then_some(org_id) })
 }
 

@@ -286,13 +286,17 @@ impl Cache {
             CacheMode::Local => Generations::Local(LocalGenerations::default()),
             CacheMode::Redis(redis) => Generations::Redis(redis::RedisTier::connect(redis, metrics.clone())?),
         };
-        let items = usize::try_from(settings.memory_bytes / 2048).unwrap_or(1 << 16).clamp(64, 1 << 20);
-        Ok(Cache {
-            local: quick_cache::sync::Cache::with_weighter(items, settings.memory_bytes.max(1 << 20), Weigh),
+        Ok(Cache::build(generations, metrics, settings.memory_bytes, settings.ttl))
+    }
+
+    fn build(generations: Generations, metrics: CacheMetrics, memory_bytes: u64, ttl: Duration) -> Cache {
+        let items = usize::try_from(memory_bytes / 2048).unwrap_or(1 << 16).clamp(64, 1 << 20);
+        Cache {
+            local: quick_cache::sync::Cache::with_weighter(items, memory_bytes.max(1 << 20), Weigh),
             generations,
             metrics,
-            ttl: settings.ttl,
-        })
+            ttl,
+        }
     }
 
     /// An in-process cache with unregistered metrics (tests, tools).
@@ -302,12 +306,7 @@ impl Cache {
             // Only invalid metric names fail, and the names are constants.
             Err(e) => panic!("cache metric definitions are invalid: {e}"),
         };
-        Cache {
-            local: quick_cache::sync::Cache::with_weighter(1024, 16 << 20, Weigh),
-            generations: Generations::Local(LocalGenerations::default()),
-            metrics,
-            ttl: Duration::from_secs(300),
-        }
+        Cache::build(Generations::Local(LocalGenerations::default()), metrics, 16 << 20, Duration::from_secs(300))
     }
 
     /// Whether Redis backs this cache.

@@ -63,11 +63,15 @@ impl Registry {
     /// The manifest `reference` of the repository `view` is of: from the cache, else with one
     /// database round trip (and then cached under the view's stamp).
     pub async fn manifest(&self, view: &View<'_>, reference: &Reference) -> Result<StoredManifest> {
-        let digest = match reference {
+        let tagged = match reference {
             Reference::Tag(tag) => view.get(Kind::Tag, tag.as_str()).await,
-            Reference::Digest(digest) => Some(Bytes::copy_from_slice(digest.as_str().as_bytes())),
+            Reference::Digest(_) => None,
         };
-        if let Some(digest) = digest.as_deref().and_then(|d| std::str::from_utf8(d).ok())
+        let digest = match reference {
+            Reference::Tag(_) => tagged.as_deref().and_then(|d| std::str::from_utf8(d).ok()),
+            Reference::Digest(digest) => Some(digest.as_str()),
+        };
+        if let Some(digest) = digest
             && let Some(found) = view.get(Kind::Manifest, digest).await.and_then(StoredManifest::decode)
         {
             return Ok(found);

@@ -9,6 +9,7 @@ mod uploads;
 
 use std::sync::Arc;
 
+use aerugo_db::notify::{self, Change};
 use aerugo_db::registry::Repository;
 use aerugo_db::{GenericClient, Pool, PooledClient, audit, registry, tenancy};
 use aerugo_oci::RepoName;
@@ -69,7 +70,7 @@ impl Registry {
         Registry { db, store, settings, cache: Arc::new(Cache::local()), upload_seconds }
     }
 
-    /// Uses `cache` (shared with authentication) instead of a private in-process one.
+    /// Uses `cache` (the node's) instead of a private in-process one.
     pub fn with_cache(mut self, cache: Arc<Cache>) -> Self {
         self.cache = cache;
         self
@@ -90,29 +91,26 @@ impl Registry {
     /// is acknowledged. When this node cannot reach Redis while others may, they learn it
     /// through Postgres instead (their listeners bump the generation).
     async fn repository_changed(&self, name: &RepoName) {
-        if self.cache.repository_changed(name.as_str(), "write").await {
-            return;
-        }
-        let notified = match self.client().await {
-            Ok(client) => aerugo_db::notify::repository(&client, name.as_str()).await.map_err(RegistryError::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = notified {
-            tracing::error!(repository = %name, error = %e, "could not announce a change to other nodes; they may serve it stale until their cache TTL");
+        if !self.cache.repository_changed(name.as_str(), "write").await {
+            self.announce(Change::Repository(name.as_str())).await;
         }
     }
 
     /// [`Registry::repository_changed`] for tenancy state (management API writes).
     pub async fn tenancy_changed(&self) {
-        if self.cache.tenancy_changed("write").await {
-            return;
+        if !self.cache.tenancy_changed("write").await {
+            self.announce(Change::Everything("api")).await;
         }
-        let notified = match self.client().await {
-            Ok(client) => aerugo_db::notify::everything(&client, "api").await.map_err(RegistryError::from),
+    }
+
+    /// Tells the other nodes of a change through Postgres.
+    async fn announce(&self, change: Change<'_>) {
+        let announced = match self.client().await {
+            Ok(client) => notify::announce(&client, change).await.map_err(RegistryError::from),
             Err(e) => Err(e),
         };
-        if let Err(e) = notified {
-            tracing::error!(error = %e, "could not announce a tenancy change to other nodes; they may serve it stale until their cache TTL");
+        if let Err(e) = announced {
+            tracing::error!(error = %e, "could not announce a change to other nodes; they may serve it stale until their cache TTL");
         }
     }
 

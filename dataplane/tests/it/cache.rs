@@ -18,14 +18,6 @@ use serde_json::json;
 
 use crate::harness::*;
 
-/// A second node of `t` (same database and blob directory) with `cache`.
-async fn node(t: &TestRegistry, cache: Arc<Cache>) -> web::Data<Registry> {
-    let store = AnyStore::Fs(FsStore::new(t.storage_dir()).await.expect("store"));
-    let pool = aerugo_db::pool(&t.database_url, 8).expect("pool");
-    let settings = Settings { redirect: RedirectMode::Proxy, ..Settings::default() };
-    web::Data::new(Registry::new(pool, store, settings).with_cache(cache))
-}
-
 /// A manifest over `config` and `layer` that differs per `round` (an annotation).
 fn manifest(config: &(aerugo_oci::Digest, usize), layer: &(aerugo_oci::Digest, usize), round: u32) -> Vec<u8> {
     serde_json::to_vec(&json!({

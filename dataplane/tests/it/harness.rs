@@ -395,3 +395,11 @@ pub fn sample(metrics: &aerugo_dataplane::metrics::Metrics, name_and_labels: &st
         .find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0.0)
 }
+
+/// Another node of filesystem registry `t` (same database and blob directory) with `cache`.
+pub async fn node(t: &TestRegistry, cache: std::sync::Arc<aerugo_dataplane::cache::Cache>) -> web::Data<Registry> {
+    let store = AnyStore::Fs(FsStore::new(t.storage_dir()).await.expect("store"));
+    let pool = aerugo_db::pool(&t.database_url, 8).expect("pool");
+    let settings = Settings { redirect: RedirectMode::Proxy, ..Settings::default() };
+    web::Data::new(Registry::new(pool, store, settings).with_cache(cache))
+}

@@ -4,9 +4,6 @@
 //! nothing, every tag resolves, and every blob a stored manifest references is readable.
 
 use actix_web::http::{Method, StatusCode};
-use actix_web::web;
-use aerugo_dataplane::Registry;
-use aerugo_dataplane::config::{RedirectMode, Settings};
 use aerugo_dataplane::fsck::fsck;
 use aerugo_storage::{AnyStore, FsStore};
 use futures_util::future::join_all;
@@ -18,7 +15,6 @@ async fn concurrent_writes_on_two_nodes_leave_every_chain_whole() {
     let t = fs_registry().await;
     let store = AnyStore::Fs(FsStore::new(t.storage_dir()).await.expect("store"));
     let pool = aerugo_db::pool(&t.database_url, 8).expect("pool");
-    let settings = Settings { redirect: RedirectMode::Proxy, ..Settings::default() };
     // Two nodes serve one registry only with shared cache generations (Redis), or no cache.
     let (metrics_a, metrics_b) = (metrics(), metrics());
     let caches = match test_redis_url() {
@@ -37,10 +33,8 @@ async fn concurrent_writes_on_two_nodes_leave_every_chain_whole() {
             (cache(&metrics_a), cache(&metrics_b))
         }
     };
-    let first = web::Data::new(Registry::new(pool.clone(), store.clone(), settings.clone()).with_cache(caches.0));
-    let second = web::Data::new(Registry::new(pool.clone(), store.clone(), settings).with_cache(caches.1));
-    let a = app_with(&first, &t.auth, &metrics_a, Some(&t.admin)).await;
-    let b = app_with(&second, &t.auth, &metrics_b, Some(&t.admin)).await;
+    let a = app_with(&node(&t, caches.0).await, &t.auth, &metrics_a, Some(&t.admin)).await;
+    let b = app_with(&node(&t, caches.1).await, &t.auth, &metrics_b, Some(&t.admin)).await;
     let nodes = [&a, &b];
     let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
     let mut count = |what: String| *outcomes.entry(what).or_default() += 1;
