@@ -325,11 +325,6 @@ impl Cache {
         View { cache: self, repository, stamp }
     }
 
-    /// A view that never hits (for callers that must read Postgres).
-    pub fn bypass<'a>(&'a self, repository: &'a str) -> View<'a> {
-        View { cache: self, repository, stamp: None }
-    }
-
     /// Retires every entry of `repository` on every node. Call after the write commits and
     /// before acknowledging it. `origin` labels the metric (`write`, `notify`). False when
     /// Redis could not record it: the caller must tell the other nodes another way.

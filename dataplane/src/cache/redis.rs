@@ -249,7 +249,6 @@ async fn watch(
 ) {
     let mut reconnects = client.reconnect_rx();
     let mut ticker = tokio::time::interval(Duration::from_millis(250));
-    let mut connected_once = false;
     loop {
         tokio::select! {
             event = reconnects.recv() => {
@@ -257,14 +256,14 @@ async fn watch(
                     // The event channel lagged or closed; the ticker still recovers.
                     continue;
                 }
-                if connected_once {
+                // The first connection is not a reconnection.
+                if health.ever_up.load(Ordering::Acquire) {
                     health.renew_epoch.store(true, Ordering::Release);
                     if health.up.swap(false, Ordering::AcqRel) {
                         metrics.redis_up.set(0);
                         tracing::warn!("Redis connection re-established: retiring cached entries before using it");
                     }
                 }
-                connected_once = true;
             }
             _ = ticker.tick() => {}
         }
@@ -282,7 +281,6 @@ async fn watch(
         };
         match set {
             Ok(_) => {
-                connected_once = true;
                 health.up.store(true, Ordering::Release);
                 health.ever_up.store(true, Ordering::Release);
                 metrics.redis_up.set(1);

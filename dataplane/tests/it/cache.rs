@@ -232,15 +232,7 @@ async fn redis_going_away_fails_no_request_and_the_cache_resumes_when_it_returns
     assert!(bypassed >= 30.0, "reads went to Postgres while Redis was away ({bypassed})");
 
     let _redis = RedisServer::start(redis.port);
-    let mut resumed = false;
-    for _ in 0..100 {
-        if cache.is_serving() {
-            resumed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(resumed, "the cache resumed once Redis was back");
+    assert!(cache.wait_serving(Duration::from_secs(5)).await, "the cache resumed once Redis was back");
     let before = hits(&m);
     for _ in 0..5 {
         push_and_read(4).await;

@@ -377,13 +377,8 @@ pub async fn redis_cache(
         ..CacheSettings::default()
     };
     let cache = std::sync::Arc::new(Cache::new(&settings, metrics.cache.clone()).expect("cache"));
-    for _ in 0..100 {
-        if cache.is_serving() {
-            return cache;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the cache did not connect to Redis at {url}");
+    assert!(cache.wait_serving(Duration::from_secs(5)).await, "the cache did not connect to Redis at {url}");
+    cache
 }
 
 /// The value of the sample `name{labels}` in the text exposition of `metrics` (0 if absent).
