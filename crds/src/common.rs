@@ -100,3 +100,37 @@ mod tests {
         assert_eq!(conditions.len(), 1);
     }
 }
+
+/// Whether `name` is an RFC 1123 label, as Kubernetes requires of namespaces: at most 63
+/// lowercase letters, digits and '-', starting and ending with a letter or digit.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// Whether `name` is an RFC 1123 subdomain, as Kubernetes requires of most object names
+/// (Secrets, ConfigMaps, custom objects): at most 253 characters, labels joined by '.'.
+pub fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn rfc_1123_names() {
+        for good in ["a", "team", "ci-push", "a1", "0", "a.b", "x.y-z.0"] {
+            assert!(is_dns_subdomain(good), "{good}");
+        }
+        for bad in ["", "A", "-a", "a-", "a..b", ".a", "a/b", "..", "../etc", "a_b", "a b", &"a".repeat(64)] {
+            assert!(!is_dns_subdomain(bad), "{bad}");
+        }
+        assert!(is_dns_label("team") && !is_dns_label("a.b") && is_dns_label(&"a".repeat(63)));
+        assert!(!is_dns_subdomain(&format!("{}.{}", "a".repeat(63), "b".repeat(190))), "254 characters");
+    }
+}

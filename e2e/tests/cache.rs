@@ -56,10 +56,7 @@ fn metric(admin: &str, name: &str, labels: &str) -> f64 {
 
 #[tokio::test]
 async fn no_node_serves_a_tag_older_than_the_last_acknowledged_push() {
-    let Some(redis) = std::env::var("AERUGO_TEST_REDIS_URL").ok() else {
-        eprintln!("skipped: needs the Redis of ./scripts/dev.sh test (AERUGO_TEST_REDIS_URL)");
-        return;
-    };
+    let Some(redis) = aerugo_test_support::service_env("AERUGO_TEST_REDIS_URL") else { return };
     let database = fresh_database().await;
     let prefix = format!("e2e{}", std::process::id());
     // All the load comes from one address: no per-client rate limit.

@@ -9,12 +9,9 @@ use std::process::Command;
 
 use aerugo_e2e::*;
 
+#[track_caller]
 fn s3_available() -> bool {
-    let ok = std::env::var("AERUGO_TEST_S3").is_ok();
-    if !ok {
-        eprintln!("AERUGO_TEST_S3 is not set: run through ./scripts/dev.sh test, which starts Garage");
-    }
-    ok
+    aerugo_test_support::service_env("AERUGO_TEST_S3").is_some()
 }
 
 #[tokio::test]

@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 
 #[tokio::test]
 async fn a_node_killed_mid_upload_is_resumed_on_another() {
-    if std::env::var_os("AERUGO_TEST_S3").is_none() {
-        eprintln!("skipped: needs the Garage of ./scripts/dev.sh test (AERUGO_TEST_S3)");
+    if aerugo_test_support::service_env("AERUGO_TEST_S3").is_none() {
         return;
     }
     let database = fresh_database().await;
@@ -172,7 +171,7 @@ fn is_root() -> bool {
 #[tokio::test]
 async fn postgres_restarting_under_load_fails_fast_and_loses_nothing() {
     let Some(pg) = Postgres::start() else {
-        eprintln!("skipped: no PostgreSQL server binaries under /usr/lib/postgresql");
+        aerugo_test_support::skip("PostgreSQL server binaries (/usr/lib/postgresql/*/bin)");
         return;
     };
     aerugo_db::migrate(&pg.url()).await.expect("migrate");

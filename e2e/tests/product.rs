@@ -231,8 +231,7 @@ fn s3_has(bucket: &str, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn examples_through_the_operator_serve_pushes_and_pulls_on_two_nodes() {
-    if std::env::var_os("AERUGO_TEST_S3").is_none() {
-        eprintln!("skipped: needs the Garage of ./scripts/dev.sh test (AERUGO_TEST_S3)");
+    if aerugo_test_support::service_env("AERUGO_TEST_S3").is_none() {
         return;
     }
     let database = fresh_database().await;

@@ -11,7 +11,21 @@ use crate::error::{Error, Result};
 /// Days after which an incomplete multipart upload is aborted by the bucket itself.
 pub const ABORT_INCOMPLETE_AFTER_DAYS: i32 = 1;
 
-/// The policy document for `bucket`.
+/// The mark of the statements the operator writes: their `Sid` starts with it. A policy with
+/// any other statement was written by someone else and is never overwritten.
+pub const STATEMENT_MARK: &str = "Aerugo";
+
+/// Whether every statement of the policy document `policy` is one the operator writes.
+pub fn written_by_operator(policy: &Value) -> bool {
+    let statements = match &policy["Statement"] {
+        Value::Array(statements) => statements.as_slice(),
+        single @ Value::Object(_) => std::slice::from_ref(single),
+        _ => return false,
+    };
+    statements.iter().all(|s| s["Sid"].as_str().is_some_and(|sid| sid.starts_with(STATEMENT_MARK)))
+}
+
+/// The policy document for `bucket`; every statement carries [`STATEMENT_MARK`].
 pub fn desired_policy(bucket: &str, policy: &BucketPolicy) -> Value {
     let objects = format!("arn:aws:s3:::{bucket}/*");
     let whole = format!("arn:aws:s3:::{bucket}");
@@ -79,7 +93,22 @@ pub async fn sync(storage: &RegistryStorage, access_key_id: &str, secret_access_
     let mut policy = false;
     if let Some(declared) = &storage.policy {
         let desired = desired_policy(&storage.bucket, declared);
-        let current = store.policy().await.map_err(unavailable)?.and_then(|p| serde_json::from_str::<Value>(&p).ok());
+        let current = store.policy().await.map_err(unavailable)?;
+        let current = match current {
+            None => None,
+            Some(text) => match serde_json::from_str::<Value>(&text) {
+                Ok(doc) if written_by_operator(&doc) => Some(doc),
+                _ => {
+                    return Err(Error::Waiting {
+                        reason: "BucketPolicyConflict",
+                        message: format!(
+                            "bucket {:?} has a policy the operator did not write (a statement whose Sid does not start with {STATEMENT_MARK:?}): it is left as it is; remove it, or the declared policy, to go on",
+                            storage.bucket
+                        ),
+                    });
+                }
+            },
+        };
         if current.as_ref() != Some(&desired) {
             store.put_policy(&desired.to_string()).await.map_err(unavailable)?;
             policy = true;
@@ -112,5 +141,18 @@ mod tests {
         assert_eq!(statements[2]["Principal"]["AWS"][0], "arn:aws:iam::2:root");
         assert_eq!(statements[3]["Effect"], "Deny");
         assert_eq!(statements[3]["Condition"]["Bool"]["aws:SecureTransport"], "false");
+        assert!(written_by_operator(&doc), "every statement the operator writes carries its mark");
+    }
+
+    #[test]
+    fn a_policy_with_any_foreign_statement_is_not_the_operators() {
+        let ours = json!({ "Sid": "AerugoReaders", "Effect": "Allow" });
+        let theirs = json!({ "Sid": "TeamBackups", "Effect": "Allow" });
+        let unnamed = json!({ "Effect": "Allow" });
+        assert!(written_by_operator(&json!({ "Statement": [ours] })));
+        assert!(written_by_operator(&json!({ "Statement": ours })));
+        assert!(!written_by_operator(&json!({ "Statement": [ours, theirs] })));
+        assert!(!written_by_operator(&json!({ "Statement": [unnamed] })));
+        assert!(!written_by_operator(&json!({ "Version": "2012-10-17" })));
     }
 }

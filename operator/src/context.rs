@@ -30,6 +30,8 @@ pub enum StorageAccess {
     S3 {
         /// Endpoint URL.
         endpoint: String,
+        /// The registry's own bucket, which no organization may name.
+        bucket: String,
         /// Signing region.
         region: String,
         /// Path-style addressing.

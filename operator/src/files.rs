@@ -91,6 +91,14 @@ pub fn load(dir: &Path) -> Result<(Vec<Organization>, Vec<Repository>, Vec<ApiKe
                 doc["metadata"]["namespace"] = "default".into();
             }
             let namespace = doc["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
+            // Names become paths of Secret manifests (`<secrets-dir>/<namespace>/<name>.yaml`):
+            // only what Kubernetes itself would accept.
+            if !aerugo_crds::common::is_dns_label(&namespace) || !aerugo_crds::common::is_dns_subdomain(&name) {
+                return Err(Error::Io(format!(
+                    "{}: {kind} {namespace:?}/{name:?}: a namespace must be an RFC 1123 label and a name an RFC 1123 subdomain (lowercase letters, digits, '-', and '.' in names)",
+                    path.display()
+                )));
+            }
             if doc["metadata"]["uid"].as_str().is_none() {
                 doc["metadata"]["uid"] = file_uid(&kind, &namespace, &name).into();
             }
@@ -237,4 +245,30 @@ fn remove_secret_manifests(dir: &Path, gone: &[&uuid::Uuid]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Namespaces and names become paths under the secrets directory: a name that is not a
+    /// Kubernetes name could escape it, so the whole directory is refused.
+    #[test]
+    fn names_that_could_escape_the_secrets_directory_are_refused() {
+        let object = |namespace: &str, name: &str| {
+            format!(
+                "apiVersion: aerugo.io/v1alpha1\nkind: ApiKey\nmetadata:\n  name: {name:?}\n  namespace: {namespace:?}\nspec:\n  organizationRef: {{ name: acme }}\n  scopes: [{{ repositories: '**', actions: [Pull] }}]\n"
+            )
+        };
+        for (namespace, name) in [("../../tmp", "x"), ("team", "../../../etc/passwd"), ("Team", "x"), ("team", "a/b")] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("k.yaml"), object(namespace, name)).expect("write");
+            let refused = load(dir.path());
+            assert!(matches!(&refused, Err(Error::Io(m)) if m.contains("RFC 1123")), "{namespace}/{name}: {refused:?}");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("k.yaml"), object("team", "ci-push")).expect("write");
+        let (_, _, keys) = load(dir.path()).expect("a valid name loads");
+        assert_eq!(keys.len(), 1);
+    }
 }

@@ -81,6 +81,12 @@ pub fn validate(key: &ApiKey) -> Result<ValidKey> {
             .map_err(|e| Error::InvalidSpec(format!("scope {:?}: {e}", scope.repositories)))?;
         scopes.push((scope.repositories.clone(), scope.actions.iter().map(|a| a.as_str()).collect()));
     }
+    let secret_name = key.spec.secret_name.clone().unwrap_or_else(|| key.name_any());
+    if !aerugo_crds::common::is_dns_subdomain(&secret_name) {
+        return Err(Error::InvalidSpec(format!(
+            "secretName {secret_name:?} is not a Secret name (RFC 1123: lowercase letters, digits, '-' and '.', at most 253 characters)"
+        )));
+    }
     let rotate_every = duration("rotateEvery", key.spec.rotate_every.as_ref())?;
     let overlap = duration("rotationOverlap", key.spec.rotation_overlap.as_ref())?.unwrap_or(DEFAULT_OVERLAP);
     if rotate_every.is_some_and(|r| overlap >= r) {
@@ -95,7 +101,7 @@ pub fn validate(key: &ApiKey) -> Result<ValidKey> {
         expires_after: duration("expiresAfter", key.spec.expires_after.as_ref())?,
         rotate_every,
         overlap,
-        secret_name: key.spec.secret_name.clone().unwrap_or_else(|| key.name_any()),
+        secret_name,
         secret_type: key.spec.secret_type,
     })
 }
@@ -144,6 +150,36 @@ pub fn desired_secret(key: &ValidKey, host: &str, org_name: &str, token: &str, o
     }
 }
 
+/// Whether `secret` is the one the ApiKey `key` writes, so the operator may overwrite or delete
+/// it. In a cluster the Secret names the ApiKey (its UID) as an owner; in file mode, where
+/// manifests carry no owner references, its labels name the operator and the ApiKey. Any other
+/// Secret of that name belongs to someone else and is never touched.
+pub fn owns(key: &ValidKey, secret: &Secret, in_cluster: bool) -> bool {
+    if in_cluster {
+        let uid = key.uid.to_string();
+        return secret.metadata.owner_references.iter().flatten().any(|r| r.uid == uid);
+    }
+    let labels = secret.metadata.labels.as_ref();
+    let label = |name: &str| labels.and_then(|l| l.get(name)).map(String::as_str);
+    label("app.kubernetes.io/managed-by") == Some("aerugo-operator") && label("aerugo.io/api-key") == Some(&key.name)
+}
+
+/// The Secret `key` may write: `Ok(None)` when none exists yet, `Ok(Some)` when it is the
+/// key's own; `Err` (the reason to report) when a Secret of that name is someone else's.
+async fn own_secret(ctx: &Context, key: &ValidKey) -> Result<Result<Option<Secret>, Readiness>> {
+    let in_cluster = matches!(ctx.world, crate::world::World::Cluster(_));
+    match ctx.world.secret(&key.namespace, &key.secret_name).await? {
+        Some(secret) if !owns(key, &secret, in_cluster) => Ok(Err(Readiness::not_ready(
+            "SecretConflict",
+            format!(
+                "a Secret {:?} already exists and is not this ApiKey's: it is left as it is; choose another secretName or delete that Secret",
+                key.secret_name
+            ),
+        ))),
+        existing => Ok(Ok(existing)),
+    }
+}
+
 /// The key a Secret holds, if it holds one.
 pub fn token_in(secret: &Secret) -> Option<String> {
     let data = secret.data.as_ref()?;
@@ -162,7 +198,16 @@ fn rfc3339(t: OffsetDateTime) -> Option<String> {
 pub async fn sync(ctx: &Context, key: &ApiKey) -> Result<Synced<ApiKeyStatus>> {
     let valid = validate(key)?;
     let (_, org_uid) = crate::org::referenced(ctx, &valid.namespace, &valid.organization).await?;
-    let existing_secret = ctx.world.secret(&valid.namespace, &valid.secret_name).await?;
+    let existing_secret = match own_secret(ctx, &valid).await? {
+        Ok(existing) => existing,
+        Err(conflict) => {
+            return Ok(Synced {
+                status: ApiKeyStatus::default(),
+                readiness: conflict,
+                requeue: Some(Duration::from_secs(60)),
+            });
+        }
+    };
     let token = existing_secret.as_ref().and_then(token_in);
     let mut client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
     let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
@@ -239,8 +284,12 @@ pub async fn cleanup(ctx: &Context, key: &ApiKey) -> Result<()> {
     let uid = uid_of(key.metadata.uid.as_deref())?;
     let client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
     let revoked = declared::revoke_keys(&client, uid, None).await?;
-    let secret_name = key.spec.secret_name.clone().unwrap_or_else(|| key.name_any());
-    ctx.world.delete_secret(&key.namespace().unwrap_or_default(), &secret_name).await?;
+    // Only the key's own Secret goes; an invalid spec never wrote one.
+    if let Ok(valid) = validate(key)
+        && let Ok(Some(_)) = own_secret(ctx, &valid).await?
+    {
+        ctx.world.delete_secret(&valid.namespace, &valid.secret_name).await?;
+    }
     tracing::info!(key = %key.name_any(), revoked, "API key revoked");
     Ok(())
 }
@@ -307,5 +356,26 @@ mod tests {
         let secret = desired_secret(&opaque, "h", "acme", "ak_3_4", None);
         assert_eq!((secret.type_.as_deref(), secret.metadata.name.as_deref()), (Some("Opaque"), Some("push")));
         assert_eq!(token_in(&secret).as_deref(), Some("ak_3_4"));
+    }
+
+    #[test]
+    fn secret_names_are_kubernetes_names_and_ownership_is_checked() {
+        for bad in ["../../etc/cron.d/x", "a/b", "Push", "", "-x"] {
+            let spec = ApiKeySpec { secret_name: Some(bad.into()), ..spec() };
+            assert!(matches!(validate(&key(spec)), Err(Error::InvalidSpec(m)) if m.contains("secretName")), "{bad:?}");
+        }
+        let valid = validate(&key(spec())).expect("valid");
+        let mut owner = ApiKey::new("ci", spec());
+        owner.metadata.uid = Some(valid.uid.to_string());
+        let written = desired_secret(&valid, "h", "acme", "ak_1_2", Some(&owner));
+        assert!(owns(&valid, &written, true), "a cluster Secret the key owns");
+        let file = desired_secret(&valid, "h", "acme", "ak_1_2", None);
+        assert!(owns(&valid, &file, false), "a file-mode manifest the operator wrote for this key");
+        assert!(!owns(&valid, &file, true), "in a cluster, labels alone prove nothing");
+        let foreign =
+            Secret { metadata: ObjectMeta { name: Some("ci".into()), ..Default::default() }, ..Default::default() };
+        assert!(!owns(&valid, &foreign, true) && !owns(&valid, &foreign, false));
+        let other_key = ValidKey { name: "other".into(), uid: Uuid::nil(), ..valid.clone() };
+        assert!(!owns(&other_key, &written, true) && !owns(&other_key, &file, false), "another key's Secret");
     }
 }

@@ -81,6 +81,7 @@ impl Storage {
             "file" => Some(StorageAccess::File),
             "s3" => Some(StorageAccess::S3 {
                 endpoint: self.s3_endpoint.clone().context("AERUGO_S3_ENDPOINT is required with s3 storage")?,
+                bucket: self.s3_bucket.clone(),
                 region: self.s3_region.clone(),
                 path_style: self.s3_path_style,
                 access_key_id: self.s3_access_key_id.clone(),

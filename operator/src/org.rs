@@ -74,6 +74,14 @@ pub fn validate(org: &Organization) -> Result<ValidOrg> {
         ),
         None => None,
     };
+    if let Some(storage) = &org.spec.storage
+        && !aerugo_storage::is_location_name(&storage.bucket)
+    {
+        return Err(Error::InvalidSpec(format!(
+            "storage.bucket {:?} is not a bucket name: 3 to 63 lowercase letters, digits, '.' and '-'",
+            storage.bucket
+        )));
+    }
     Ok(ValidOrg {
         uid: uid_of(org.metadata.uid.as_deref())?,
         namespace: org.namespace().unwrap_or_default(),
@@ -121,9 +129,6 @@ pub async fn sync(ctx: &Context, org: &Organization) -> Result<Synced<Organizati
             bucket.map_or("the registry's bucket".to_owned(), |b| format!("bucket {b:?}")),
         )));
     }
-    if let Some(storage) = &valid.storage {
-        ensure_bucket(ctx, storage).await?;
-    }
     let id = match declared::sync_org(&tx, &desired(&valid)).await? {
         Claim::Owned { id, .. } => id,
         Claim::Taken { namespace } => {
@@ -138,6 +143,24 @@ pub async fn sync(ctx: &Context, org: &Organization) -> Result<Synced<Organizati
             });
         }
     };
+    // The bucket is claimed before any S3 call (an uncommitted claim holds concurrent claims of
+    // the same bucket back); one held by the registry or another organization is not touched.
+    if let Some(holder) = declared::claim_org_bucket(&tx, id, bucket).await? {
+        return Ok(Synced {
+            status: OrganizationStatus::default(),
+            readiness: Readiness::not_ready(
+                "BucketTaken",
+                format!(
+                    "bucket {:?} is held by {holder}: name a bucket of this organization's own",
+                    bucket.unwrap_or("")
+                ),
+            ),
+            requeue: Some(std::time::Duration::from_secs(60)),
+        });
+    }
+    if let Some(storage) = &valid.storage {
+        ensure_bucket(ctx, storage).await?;
+    }
     let members: Vec<(&str, &str)> = valid.members.iter().map(|(u, r)| (u.as_str(), *r)).collect();
     let (unknown, _) = declared::sync_members(&tx, id, &members).await?;
     let (stored_bytes, repositories) = declared::org_usage(&tx, id).await?;
@@ -170,7 +193,12 @@ async fn ensure_bucket(ctx: &Context, storage: &aerugo_crds::organization::Organ
         )),
         // The data plane creates the location's directory on first write.
         Some(StorageAccess::File) => Ok(()),
-        Some(StorageAccess::S3 { endpoint, region, path_style, access_key_id, secret_access_key, principal }) => {
+        Some(StorageAccess::S3 { bucket, .. }) if *bucket == storage.bucket => Err(Error::InvalidSpec(format!(
+            "storage.bucket {bucket:?} is the registry's own bucket: name a bucket of this organization's own"
+        ))),
+        Some(StorageAccess::S3 {
+            endpoint, region, path_style, access_key_id, secret_access_key, principal, ..
+        }) => {
             let wants_policy = !storage.readers.is_empty() || storage.deny_insecure_transport;
             let policy = match (wants_policy, principal) {
                 (false, _) => None,

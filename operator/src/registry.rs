@@ -278,6 +278,20 @@ pub async fn sync(ctx: &Context, registry: &Registry) -> Result<Synced<RegistryS
         return Err(Error::InvalidSpec("a Registry is reconciled in a cluster only".into()));
     };
     let r = validate(registry)?;
+    // The registry's bucket is claimed as a registry's, so no organization can name it (and one
+    // an organization already holds is not used).
+    let db = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
+    if let Some(holder) = aerugo_db::declared::claim_registry_bucket(&db, &r.spec.storage.bucket).await? {
+        return Ok(Synced {
+            status: RegistryStatus::default(),
+            readiness: Readiness::not_ready(
+                "BucketTaken",
+                format!("bucket {:?} is the dedicated bucket of {holder}", r.spec.storage.bucket),
+            ),
+            requeue: Some(Duration::from_secs(60)),
+        });
+    }
+    drop(db);
     let owner =
         serde_json::to_value(registry.controller_owner_ref(&()).ok_or_else(|| Error::Io("no owner reference".into()))?)
             .map_err(|e| Error::Io(e.to_string()))?;

@@ -633,11 +633,9 @@ async fn registry_on(h: &Harness, name: &str, storage: Value, access_key: &str, 
 }
 
 /// The Garage of `scripts/dev.sh test` (`AERUGO_S3_*`), or `None` (the test is skipped).
+#[track_caller]
 fn garage() -> Option<aerugo_storage::S3Config> {
-    let Ok(endpoint) = std::env::var("AERUGO_S3_ENDPOINT") else {
-        eprintln!("no S3 (AERUGO_S3_ENDPOINT): skipped");
-        return None;
-    };
+    let endpoint = aerugo_test_support::service_env("AERUGO_S3_ENDPOINT")?;
     let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k}"));
     Some(aerugo_storage::S3Config {
         endpoint: Some(endpoint),
@@ -669,6 +667,7 @@ async fn an_organization_bucket_is_created_and_cannot_move_under_blobs() {
     let Some(garage) = garage() else { return };
     let access = aerugo_operator::context::StorageAccess::S3 {
         endpoint: garage.endpoint.clone().unwrap_or_default(),
+        bucket: "aerugo".into(),
         region: garage.region.clone(),
         path_style: true,
         access_key_id: garage.access_key_id.clone(),
@@ -692,6 +691,17 @@ async fn an_organization_bucket_is_created_and_cannot_move_under_blobs() {
     create(&h, "team", org("strict", strict)).await;
     let refused: Organization = wait_reason(&h, "team", "strict", "False", "InvalidSpec").await;
     assert!(serde_json::to_string(&refused.status).unwrap().contains("AERUGO_S3_PRINCIPAL"));
+    let claims: i64 = db
+        .query_one("SELECT COUNT(*) FROM bucket_claims WHERE bucket = $1", &[&format!("{bucket}-x")])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(claims, 0, "a refused organization holds no claim");
+
+    // The registry's own bucket is no organization's.
+    create(&h, "other", org("sneak", json!({ "storage": { "bucket": "aerugo" } }))).await;
+    let refused: Organization = wait_reason(&h, "other", "sneak", "False", "InvalidSpec").await;
+    assert!(serde_json::to_string(&refused.status).unwrap().contains("registry's own bucket"));
 
     // Once a repository of the organization holds a blob, the bucket stays.
     create(&h, "team", repo("app", json!({ "organizationRef": { "name": "acme" } }))).await;
@@ -765,11 +775,7 @@ async fn the_collector_works_per_location() {
 
 #[tokio::test]
 async fn the_registry_bucket_policy_is_kept_on_moto() {
-    let Ok(endpoint) = std::env::var("AERUGO_TEST_MOTO_ENDPOINT")
-        .map_err(|_| eprintln!("no moto (AERUGO_TEST_MOTO_ENDPOINT): skipped"))
-    else {
-        return;
-    };
+    let Some(endpoint) = aerugo_test_support::service_env("AERUGO_TEST_MOTO_ENDPOINT") else { return };
     let h = start().await;
     let bucket = format!("reg-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let policy = json!({ "principal": "arn:aws:iam::123456789012:user/registry", "readers": ["arn:aws:iam::210987654321:root"], "denyInsecureTransport": true });
@@ -985,4 +991,114 @@ async fn grants_follow_a_key_rotation() {
         }
     }
     assert!(moved.len() == 1 && moved != before, "the grant follows the new key: {before:?} → {moved:?}");
+}
+
+/// A dedicated bucket is one organization's: another organization (any namespace) naming it,
+/// or a Registry storing its blobs there, is refused before anything touches the bucket; the
+/// claim is given up when its organization lets the bucket go.
+#[tokio::test]
+async fn a_bucket_is_claimed_by_one_organization_only() {
+    let h = start_on(Duration::from_secs(2), Some(aerugo_operator::context::StorageAccess::File)).await;
+    create(&h, "team", org("acme", json!({ "storage": { "bucket": "acme-blobs" } }))).await;
+    wait_reason::<Organization>(&h, "team", "acme", "True", "Reconciled").await;
+    create(&h, "other", org("thief", json!({ "storage": { "bucket": "acme-blobs" } }))).await;
+    let taken: Organization = wait_reason(&h, "other", "thief", "False", "BucketTaken").await;
+    let message = serde_json::to_string(&taken.status).unwrap();
+    assert!(message.contains(r#"organization \"acme\" (namespace \"team\")"#), "{message}");
+    let db = h.db.get().await.unwrap();
+    let thief: i64 = db.query_one("SELECT COUNT(*) FROM organizations WHERE name = 'thief'", &[]).await.unwrap().get(0);
+    assert_eq!(thief, 0, "nothing of a refused organization is written");
+    let holder: String = db
+        .query_one(
+            "SELECT o.name FROM bucket_claims c JOIN organizations o ON o.id = c.org_id WHERE c.bucket = 'acme-blobs'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(holder, "acme");
+    // Names that are no bucket (a path, the registry's own location) are refused outright.
+    for (name, bucket) in [("dots", "../acme-blobs"), ("empty", "")] {
+        create(&h, "other", org(name, json!({ "storage": { "bucket": bucket } }))).await;
+        wait_reason::<Organization>(&h, "other", name, "False", "InvalidSpec").await;
+    }
+    // A Registry cannot store its blobs in an organization's bucket.
+    let registry = json!({
+        "apiVersion": "aerugo.io/v1alpha1", "kind": "Registry", "metadata": { "name": "shared" },
+        "spec": { "image": "aerugo/dataplane:1", "storage": { "endpoint": "http://127.0.0.1:9", "bucket": "acme-blobs", "credentialsSecret": "s3" }, "databaseSecret": { "name": "db" } },
+    });
+    create(&h, "team", registry).await;
+    wait_reason::<aerugo_crds::Registry>(&h, "team", "shared", "False", "BucketTaken").await;
+    // acme gives its bucket up (no blobs yet): the other organization gets it.
+    let orgs: Api<Organization> = Api::namespaced(h.client.clone(), "team");
+    orgs.patch("acme", &PatchParams::default(), &Patch::Merge(&json!({ "spec": { "storage": null } }))).await.unwrap();
+    wait_reason::<Organization>(&h, "other", "thief", "True", "Reconciled").await;
+}
+
+/// A Secret the ApiKey does not own is never written or deleted: the key reports
+/// `SecretConflict` and the Secret keeps its data through the key's deletion.
+#[tokio::test]
+async fn an_api_key_never_overwrites_a_secret_it_does_not_own() {
+    let h = start().await;
+    h.emulator
+        .seed(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "db-password", "namespace": "team" }, "stringData": { "password": "hunter2" } }))
+        .expect("secret");
+    create(&h, "team", org("acme", json!({}))).await;
+    let spec = json!({ "organizationRef": { "name": "acme" }, "secretName": "db-password", "scopes": [{ "repositories": "**", "actions": ["Pull"] }] });
+    create(&h, "team", key("grab", spec)).await;
+    let conflict: ApiKey = wait_reason(&h, "team", "grab", "False", "SecretConflict").await;
+    assert!(serde_json::to_string(&conflict.status).unwrap().contains("db-password"));
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), "team");
+    let untouched = secrets.get("db-password").await.unwrap();
+    assert_eq!(untouched.data.unwrap()["password"].0, b"hunter2");
+    let keys: i64 = h.db.get().await.unwrap().query_one("SELECT COUNT(*) FROM api_keys", &[]).await.unwrap().get(0);
+    assert_eq!(keys, 0, "no key is minted for a Secret that cannot hold it");
+    // Its own Secret is written as before; deleting the key removes only that one.
+    let spec =
+        json!({ "organizationRef": { "name": "acme" }, "scopes": [{ "repositories": "**", "actions": ["Pull"] }] });
+    create(&h, "team", key("own", spec)).await;
+    wait_reason::<ApiKey>(&h, "team", "own", "True", "Reconciled").await;
+    let keys: Api<ApiKey> = Api::namespaced(h.client.clone(), "team");
+    for name in ["grab", "own"] {
+        keys.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while secrets.get_opt("own").await.unwrap().is_some() || keys.get_opt("grab").await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the keys were not cleaned up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = secrets.get("db-password").await.expect("the foreign Secret survives the key's deletion");
+    assert_eq!(kept.data.unwrap()["password"].0, b"hunter2");
+}
+
+/// A bucket policy someone else wrote is never replaced: the Registry waits with
+/// `BucketPolicyConflict` and the policy stays as it was.
+#[tokio::test]
+async fn a_foreign_bucket_policy_is_never_overwritten() {
+    let Some(endpoint) = aerugo_test_support::service_env("AERUGO_TEST_MOTO_ENDPOINT") else { return };
+    let h = start().await;
+    let bucket = format!("theirs-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let store = aerugo_storage::S3Store::new(&aerugo_storage::S3Config {
+        endpoint: Some(endpoint.clone()),
+        bucket: bucket.clone(),
+        region: "us-east-1".into(),
+        access_key_id: "testing".into(),
+        secret_access_key: "testing".into(),
+        path_style: true,
+    });
+    store.ensure_bucket().await.expect("bucket");
+    let theirs = json!({ "Version": "2012-10-17", "Statement": [{ "Sid": "Backups", "Effect": "Allow", "Principal": { "AWS": ["arn:aws:iam::999999999999:root"] }, "Action": ["s3:GetObject"], "Resource": [format!("arn:aws:s3:::{bucket}/*")] }] });
+    store.put_policy(&theirs.to_string()).await.expect("their policy");
+    h.emulator
+        .seed(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "moto-s3", "namespace": "team" }, "stringData": { "accessKeyId": "testing", "secretAccessKey": "testing" } }))
+        .expect("secret");
+    let policy = json!({ "principal": "arn:aws:iam::123456789012:user/registry" });
+    let registry = json!({
+        "apiVersion": "aerugo.io/v1alpha1", "kind": "Registry", "metadata": { "name": "moto" },
+        "spec": { "image": "aerugo/dataplane:1", "storage": { "endpoint": endpoint, "bucket": bucket, "pathStyle": true, "policy": policy, "credentialsSecret": "moto-s3" }, "databaseSecret": { "name": "db" } },
+    });
+    create(&h, "team", registry).await;
+    wait_reason::<aerugo_crds::Registry>(&h, "team", "moto", "False", "BucketPolicyConflict").await;
+    let stored: Value = serde_json::from_str(&store.policy().await.unwrap().unwrap()).unwrap();
+    assert_eq!(stored, theirs, "their policy is left as it was");
 }

@@ -260,6 +260,18 @@ impl VerifiedToken {
         })
     }
 
+    /// Blocks appended after the registry's authority block (attenuations).
+    pub fn appended_blocks(&self) -> usize {
+        self.0.block_count().saturating_sub(1)
+    }
+
+    /// Whether the authority block names no subject (an anonymous caller's token). Read from
+    /// the authority block's facts directly, without running an authorizer over appended
+    /// blocks.
+    pub fn is_anonymous(&self) -> bool {
+        self.0.print_block_source(0).map_or(true, |source| source.contains("subject(\"\")"))
+    }
+
     /// Revocation ids, one per block, hex-encoded (checked against revoked keys' tokens).
     pub fn revocation_ids(&self) -> Vec<String> {
         self.0.revocation_identifiers().iter().map(hex::encode).collect()

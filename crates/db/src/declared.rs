@@ -556,3 +556,89 @@ pub async fn file_owners(client: &impl GenericClient) -> Result<(Vec<Owner>, Vec
         .await?;
     Ok((owners(orgs), owners(repos), keys.iter().map(|r| r.get(0)).collect()))
 }
+
+/// Who holds a bucket another claim wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketHolder {
+    /// A Registry's (its blobs live there).
+    Registry,
+    /// Another organization: its name and, when declared, its namespace.
+    Organization {
+        /// Registry-wide name.
+        name: String,
+        /// Namespace of the object that declares it.
+        namespace: Option<String>,
+    },
+}
+
+impl std::fmt::Display for BucketHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BucketHolder::Registry => f.write_str("the registry (its own blobs)"),
+            BucketHolder::Organization { name, namespace: Some(ns) } => {
+                write!(f, "organization {name:?} (namespace {ns:?})")
+            }
+            BucketHolder::Organization { name, namespace: None } => write!(f, "organization {name:?}"),
+        }
+    }
+}
+
+/// The holder of `bucket`, if anyone claimed it.
+async fn bucket_holder(client: &impl GenericClient, bucket: &str) -> Result<Option<(Option<i64>, BucketHolder)>> {
+    let row = client
+        .query_opt(
+            "SELECT c.org_id, o.name, o.k8s_namespace FROM bucket_claims c
+               LEFT JOIN organizations o ON o.id = c.org_id WHERE c.bucket = $1",
+            &[&bucket],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        let org_id: Option<i64> = r.get(0);
+        let holder = match org_id {
+            None => BucketHolder::Registry,
+            Some(_) => BucketHolder::Organization { name: r.get(1), namespace: r.get(2) },
+        };
+        (org_id, holder)
+    }))
+}
+
+/// Claims `bucket` as the dedicated bucket of organization `org_id` (`None`: it has none, and
+/// any claim it held is given up). Returns who holds it when that is someone else; the caller
+/// then must not touch the bucket. Run it in the transaction that writes the organization's
+/// row, before any S3 call: concurrent claims of one bucket wait on each other.
+pub async fn claim_org_bucket(
+    client: &impl GenericClient,
+    org_id: i64,
+    bucket: Option<&str>,
+) -> Result<Option<BucketHolder>> {
+    client
+        .execute("DELETE FROM bucket_claims WHERE org_id = $1 AND bucket IS DISTINCT FROM $2", &[&org_id, &bucket])
+        .await?;
+    let Some(bucket) = bucket else { return Ok(None) };
+    client
+        .execute(
+            "INSERT INTO bucket_claims (bucket, org_id) VALUES ($1, $2) ON CONFLICT (bucket) DO NOTHING",
+            &[&bucket, &org_id],
+        )
+        .await?;
+    Ok(match bucket_holder(client, bucket).await? {
+        Some((Some(holder), _)) if holder == org_id => None,
+        Some((_, holder)) => Some(holder),
+        None => None,
+    })
+}
+
+/// Claims `bucket` as a Registry's. Several registries may share a bucket; an organization's
+/// dedicated bucket is refused (its holder is returned).
+pub async fn claim_registry_bucket(client: &impl GenericClient, bucket: &str) -> Result<Option<BucketHolder>> {
+    client
+        .execute(
+            "INSERT INTO bucket_claims (bucket, org_id) VALUES ($1, NULL) ON CONFLICT (bucket) DO NOTHING",
+            &[&bucket],
+        )
+        .await?;
+    Ok(match bucket_holder(client, bucket).await? {
+        Some((Some(_), holder)) => Some(holder),
+        _ => None,
+    })
+}

@@ -349,31 +349,43 @@ pub async fn unlink_blob(client: &impl GenericClient, repository_id: i64, digest
     Ok(BlobUnlink::Unlinked)
 }
 
-/// Of `digests`, those not linked to the repository. The links found are share-locked until
-/// the transaction ends, so they cannot be removed under a manifest being stored.
-pub async fn missing_blobs(client: &impl GenericClient, repository_id: i64, digests: &[String]) -> Result<Vec<String>> {
+/// Of `digests`, those linked to the repository, with their stored size: (digest, size). The
+/// links found are share-locked until the transaction ends, so they cannot be removed under a
+/// manifest being stored.
+pub async fn linked_blobs(
+    client: &impl GenericClient,
+    repository_id: i64,
+    digests: &[String],
+) -> Result<std::collections::HashMap<String, i64>> {
     let stmt = client
         .prepare_cached(
-            "SELECT digest FROM repository_blobs WHERE repository_id = $1 AND digest = ANY($2) FOR KEY SHARE",
+            "SELECT rb.digest, b.size FROM repository_blobs rb JOIN blobs b ON b.digest = rb.digest
+              WHERE rb.repository_id = $1 AND rb.digest = ANY($2) FOR KEY SHARE OF rb",
         )
         .await?;
-    let present: std::collections::HashSet<String> =
-        client.query(&stmt, &[&repository_id, &digests]).await?.iter().map(|r| r.get(0)).collect();
-    Ok(digests.iter().filter(|d| !present.contains(*d)).cloned().collect())
+    Ok(client.query(&stmt, &[&repository_id, &digests]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// Row ids of the manifests among `digests` present in the repository, as (digest, id). The
-/// rows are share-locked until the transaction ends, so they cannot be deleted under an index
-/// being stored.
+/// The manifests among `digests` present in the repository, as digest → (row id, payload
+/// size). The rows are share-locked until the transaction ends, so they cannot be deleted under
+/// an index being stored.
 pub async fn manifest_ids(
     client: &impl GenericClient,
     repository_id: i64,
     digests: &[String],
-) -> Result<Vec<(String, i64)>> {
+) -> Result<std::collections::HashMap<String, (i64, i64)>> {
     let stmt = client
-        .prepare_cached("SELECT digest, id FROM manifests WHERE repository_id = $1 AND digest = ANY($2) FOR KEY SHARE")
+        .prepare_cached(
+            "SELECT digest, id, octet_length(payload)::bigint FROM manifests
+              WHERE repository_id = $1 AND digest = ANY($2) FOR KEY SHARE",
+        )
         .await?;
-    Ok(client.query(&stmt, &[&repository_id, &digests]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(client
+        .query(&stmt, &[&repository_id, &digests])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
 }
 
 /// Resolves repository `name` and, in the same round trip, the manifest `reference` (a tag when

@@ -276,7 +276,7 @@ async fn wait_for_wakes_on_writes() {
 #[tokio::test]
 async fn kubectl_applies_server_side_against_the_loopback_server() {
     let Ok(kubectl) = which("kubectl") else {
-        eprintln!("kubectl is not installed: skipping the kubectl check");
+        aerugo_test_support::skip("kubectl");
         return;
     };
     let emulator = Emulator::new();

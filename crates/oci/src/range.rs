@@ -13,9 +13,10 @@ pub struct ChunkRange {
 }
 
 impl ChunkRange {
-    /// Number of bytes the range covers.
+    /// Number of bytes the range covers (saturating: [`parse_content_range`] only returns
+    /// ranges whose length fits).
     pub fn len(&self) -> u64 {
-        self.end - self.start + 1
+        self.end.saturating_sub(self.start).saturating_add(1)
     }
 
     /// Always false: a parsed range covers at least one byte.
@@ -23,6 +24,9 @@ impl ChunkRange {
         false
     }
 }
+
+/// One past the last byte offset an upload can have (offsets and sizes are stored as `i64`).
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
 
 /// Parses an upload `Content-Range: <start>-<end>` (a `bytes ` prefix and a `/total` suffix,
 /// which some clients send, are tolerated).
@@ -36,7 +40,8 @@ pub fn parse_content_range(header: &str) -> Result<ChunkRange, ParseError> {
     let (start, end) = s.split_once('-').ok_or_else(err)?;
     let start: u64 = start.trim().parse().map_err(|_| err())?;
     let end: u64 = end.trim().parse().map_err(|_| err())?;
-    if end < start {
+    // Offsets are stored as i64 (and no blob is 8 EiB): a range past that is no upload's.
+    if end < start || end >= MAX_OFFSET {
         return Err(err());
     }
     Ok(ChunkRange { start, end })
@@ -112,6 +117,10 @@ mod tests {
     fn content_range_forms() {
         assert_eq!(parse_content_range("0-9"), Ok(ChunkRange { start: 0, end: 9 }));
         assert_eq!(parse_content_range("bytes 10-19/100"), Ok(ChunkRange { start: 10, end: 19 }));
+        // Lengths that do not fit are refused, not wrapped (this one overflowed `len`).
+        assert!(parse_content_range("0-18446744073709551615").is_err());
+        assert!(parse_content_range("0-9223372036854775807").is_err());
+        assert_eq!(parse_content_range("0-9223372036854775806").map(|r| r.len()), Ok(1 << 63));
         assert!(parse_content_range("9-0").is_err());
         assert!(parse_content_range("x-1").is_err());
         assert!(parse_content_range("").is_err());

@@ -63,7 +63,9 @@ fn range_headers() {
         |input| {
             let Some(s) = text(input) else { return };
             if let Ok(r) = parse_content_range(s) {
-                assert!(r.start <= r.end, "{s:?}");
+                assert!(r.start <= r.end && r.end < aerugo_oci::range::MAX_OFFSET, "{s:?}");
+                // The length of every accepted range is exact (no overflow, no saturation).
+                assert_eq!(r.len() - 1, r.end - r.start, "{s:?}");
             }
             for size in [0u64, 1, 100, u64::MAX] {
                 if let RangeRequest::Partial(r) = resolve_range(Some(s), size) {

@@ -152,12 +152,7 @@ impl AnyStore {
         if location.is_empty() {
             return Ok(self.clone());
         }
-        let valid = location.len() >= 3
-            && location.len() <= 63
-            && location.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-            && !location.starts_with(['.', '-'])
-            && !location.contains("..");
-        if !valid {
+        if !is_location_name(location) {
             return Err(Error::CorruptState(format!("{location:?} is not a storage location name")));
         }
         Ok(match self {
@@ -165,6 +160,16 @@ impl AnyStore {
             AnyStore::S3(s3) => AnyStore::S3(s3.in_bucket(location)),
         })
     }
+}
+
+/// Whether `name` may name a dedicated location: an S3 bucket name (3 to 63 lowercase letters,
+/// digits, '.' and '-', starting with a letter or digit, no "..") and so a safe directory name.
+pub fn is_location_name(name: &str) -> bool {
+    name.len() >= 3
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && !name.starts_with(['.', '-'])
+        && !name.contains("..")
 }
 
 /// A writer of either backend.

@@ -10,7 +10,7 @@
 pub mod caller;
 mod credentials;
 pub mod limits;
-mod tokens;
+pub mod tokens;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};

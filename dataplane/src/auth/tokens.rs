@@ -17,6 +17,15 @@ use crate::error::Result;
 /// even when they are not simple expiries.
 const DECISION_TTL: Duration = Duration::from_secs(60);
 
+/// Resources whose decisions one token remembers. A token is checked against whatever names a
+/// caller sends: past this, expired decisions are dropped and, if it is still full, new ones are
+/// taken each time instead of remembered.
+pub const MAX_DECISIONS_PER_TOKEN: usize = 256;
+
+/// Blocks a holder may append to a token (attenuation). Each is evaluated on every
+/// authorization; the registry's own restrictions take one.
+pub const MAX_APPENDED_BLOCKS: usize = 4;
+
 /// Decisions taken for one token, by resource: per operation (pull, push, delete, catalog), whether
 /// it is allowed and until when that answer holds. Keyed by the resource alone so a lookup borrows
 /// the name instead of allocating.
@@ -62,9 +71,19 @@ impl CachedToken {
         if self.verified.authorize(need, later).is_ok() == allowed
             && let Ok(mut decisions) = self.decisions.write()
         {
-            decisions.entry(resource.to_owned()).or_default()[slot] = Some((allowed, until));
+            if decisions.len() >= MAX_DECISIONS_PER_TOKEN && !decisions.contains_key(resource) {
+                decisions.retain(|_, d| d.iter().flatten().any(|(_, until)| *until > now));
+            }
+            if decisions.len() < MAX_DECISIONS_PER_TOKEN || decisions.contains_key(resource) {
+                decisions.entry(resource.to_owned()).or_default()[slot] = Some((allowed, until));
+            }
         }
         allowed
+    }
+
+    /// Resources whose decisions are remembered (bounded by [`MAX_DECISIONS_PER_TOKEN`]).
+    pub fn remembered(&self) -> usize {
+        self.decisions.read().map_or(0, |d| d.len())
     }
 }
 
@@ -93,6 +112,12 @@ impl Auth {
             Some(cached) => cached,
             None => {
                 let verified = self.keys.verify(token).map_err(|_| TokenRefusal::Invalid)?;
+                // Appended blocks run on every authorization: an anonymous token (free to get)
+                // carries none, and no token many. Refused before any Datalog runs.
+                let appended = verified.appended_blocks();
+                if appended > MAX_APPENDED_BLOCKS || (appended > 0 && verified.is_anonymous()) {
+                    return Err(TokenRefusal::Invalid);
+                }
                 let facts = verified.facts().map_err(|_| TokenRefusal::Invalid)?;
                 let cached = Arc::new(CachedToken { verified, facts, decisions: RwLock::new(HashMap::new()) });
                 if cached.facts.expires_at > now {

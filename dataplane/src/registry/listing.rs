@@ -74,10 +74,14 @@ impl Page {
 }
 
 impl Registry {
-    /// Tags of repository `name` (the repository `view` is of): a cached page, else one read.
+    /// Tags of repository `name` (the repository `view` is of): the first page with the
+    /// default size (what clients ask for) from the cache, else one read. Only that page is
+    /// cached: keyed by any `n` and `last` a caller sends, anonymous callers could fill the cache
+    /// with pages nobody else asks for; other pages are one indexed keyset read each.
     pub async fn tags(&self, view: &View<'_>, name: &RepoName, page: &Page) -> Result<PageOf> {
-        let key = format!("{}:{}", page.limit(), page.last.as_deref().unwrap_or(""));
-        if let Some(cached) = view.get(Kind::Tags, &key).await.and_then(PageOf::decode) {
+        const FIRST_PAGE: &str = "first";
+        let cacheable = page.n.is_none() && page.last.is_none();
+        if cacheable && let Some(cached) = view.get(Kind::Tags, FIRST_PAGE).await.and_then(PageOf::decode) {
             return Ok(cached);
         }
         let client = self.client().await?;
@@ -87,7 +91,9 @@ impl Registry {
         }
         let items = registry::list_tags(&client, repo.id, page.last.as_deref(), page.limit() + 1).await?;
         let found = page.finish(items);
-        view.put(Kind::Tags, &key, found.encode()).await;
+        if cacheable {
+            view.put(Kind::Tags, FIRST_PAGE, found.encode()).await;
+        }
         Ok(found)
     }
 

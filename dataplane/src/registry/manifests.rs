@@ -119,7 +119,11 @@ impl Registry {
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
         let child_ids = check_references(&tx, repo.id, &parsed).await?;
         let blob_digests: Vec<String> = dedup(parsed.blobs.iter().map(|b| b.digest.to_string()));
-        let referenced: u64 = parsed.blobs.iter().chain(&parsed.children).map(|d| d.size).sum();
+        // Sizes were checked against stored content, which fits in i64; the sum still may not.
+        let referenced =
+            parsed.blobs.iter().chain(&parsed.children).try_fold(0u64, |sum, d| sum.checked_add(d.size)).ok_or_else(
+                || RegistryError::SizeInvalid { over_limit: true, detail: "descriptor sizes add up past 2^64".into() },
+            )?;
         let id = registry::insert_manifest(
             &tx,
             &NewManifest {
@@ -221,18 +225,40 @@ async fn check_references(
     parsed: &ParsedManifest,
 ) -> Result<Vec<i64>> {
     let blobs = dedup(parsed.blobs.iter().map(|b| b.digest.to_string()));
-    if let Some(missing) = registry::missing_blobs(client, repository_id, &blobs).await?.into_iter().next() {
-        return Err(RegistryError::ManifestBlobUnknown(missing));
+    let linked = registry::linked_blobs(client, repository_id, &blobs).await?;
+    for descriptor in &parsed.blobs {
+        match linked.get(descriptor.digest.as_str()) {
+            None => return Err(RegistryError::ManifestBlobUnknown(descriptor.digest.to_string())),
+            Some(size) => same_size(descriptor, *size, "blob")?,
+        }
     }
     let children = dedup(parsed.children.iter().map(|c| c.digest.to_string()));
     if children.is_empty() {
         return Ok(Vec::new());
     }
     let found = registry::manifest_ids(client, repository_id, &children).await?;
-    if let Some(missing) = children.iter().find(|c| !found.iter().any(|(d, _)| d == *c)) {
-        return Err(RegistryError::ManifestBlobUnknown(missing.clone()));
+    for descriptor in &parsed.children {
+        match found.get(descriptor.digest.as_str()) {
+            None => return Err(RegistryError::ManifestBlobUnknown(descriptor.digest.to_string())),
+            Some((_, size)) => same_size(descriptor, *size, "manifest")?,
+        }
     }
-    Ok(found.into_iter().map(|(_, id)| id).collect())
+    Ok(found.into_values().map(|(id, _)| id).collect())
+}
+
+/// A descriptor's `size` must be the stored content's: a client that trusts the descriptor
+/// (to allocate, or to verify a download) must not be lied to.
+fn same_size(descriptor: &manifest::Descriptor, stored: i64, what: &str) -> Result<()> {
+    if u64::try_from(stored).ok() == Some(descriptor.size) {
+        return Ok(());
+    }
+    Err(RegistryError::SizeInvalid {
+        over_limit: false,
+        detail: format!(
+            "descriptor of {what} {} says {} bytes; the stored {what} has {stored}",
+            descriptor.digest, descriptor.size
+        ),
+    })
 }
 
 fn dedup(items: impl Iterator<Item = String>) -> Vec<String> {

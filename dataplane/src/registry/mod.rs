@@ -54,6 +54,14 @@ impl Actor {
     }
 }
 
+/// How long a readiness probe's outcome is served before the database and the store are asked
+/// again. `/readyz` answers on the public port too, so no caller can make a node probe more
+/// than once per period, however often it asks.
+pub const READY_PROBE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The last readiness probe: when it ran and what it found (`Err`: why not ready).
+type Probe = Option<(std::time::Instant, Result<(), String>)>;
+
 /// The registry core, shared by every worker of a node.
 pub struct Registry {
     db: Pool,
@@ -61,13 +69,21 @@ pub struct Registry {
     settings: Settings,
     cache: Arc<Cache>,
     upload_seconds: prometheus::Histogram,
+    last_probe: tokio::sync::Mutex<Probe>,
 }
 
 impl Registry {
     /// A registry over `db` and `store`, with an in-process cache.
     pub fn new(db: Pool, store: AnyStore, settings: Settings) -> Self {
         let upload_seconds = crate::metrics::upload_histogram();
-        Registry { db, store, settings, cache: Arc::new(Cache::local()), upload_seconds }
+        Registry {
+            db,
+            store,
+            settings,
+            cache: Arc::new(Cache::local()),
+            upload_seconds,
+            last_probe: tokio::sync::Mutex::new(None),
+        }
     }
 
     /// Uses `cache` (the node's) instead of a private in-process one.
@@ -115,7 +131,21 @@ impl Registry {
     }
 
     /// Checks that the database and the blob store answer (readiness).
-    pub async fn ready(&self) -> Result<()> {
+    /// At most one probe runs per [`READY_PROBE_TTL`]: callers meanwhile get its outcome
+    /// (concurrent callers wait for the one probe in flight). `Err` says why not.
+    pub async fn ready(&self) -> Result<(), String> {
+        let mut last = self.last_probe.lock().await;
+        if let Some((at, outcome)) = last.as_ref()
+            && at.elapsed() < READY_PROBE_TTL
+        {
+            return outcome.clone();
+        }
+        let outcome = self.probe().await.map_err(|e| e.to_string());
+        *last = Some((std::time::Instant::now(), outcome.clone()));
+        outcome
+    }
+
+    async fn probe(&self) -> Result<()> {
         let client = self.client().await?;
         client.query_one("SELECT 1", &[]).await.map_err(aerugo_db::Error::from)?;
         self.store.check().await?;

@@ -388,6 +388,54 @@ async fn public_repositories_allow_anonymous_pull_but_never_push() {
     assert_eq!(catalog.json()["repositories"], json!(["acme/app"]));
 }
 
+/// Appended blocks run as Datalog on every check: an anonymous token (free to get) with a
+/// block of the holder's, or any token with more blocks than attenuation needs, is refused
+/// before its blocks are evaluated; and what one token remembers of its decisions is bounded
+/// however many names a caller checks it against.
+#[actix_web::test]
+async fn hostile_tokens_are_refused_and_decision_memory_is_bounded() {
+    let (reg, alice, _) = tenants().await;
+    let app = raw_app(&reg).await;
+    let public = json!({ "visibility": "public" });
+    let made_public =
+        send_as(&app, &alice.basic, TestRequest::patch().uri("/api/v1/orgs/acme/repositories/app").set_json(public))
+            .await;
+    assert_eq!(made_public.status, StatusCode::OK);
+    let anonymous = token(&app, None, &["repository:acme/app:pull"]).await;
+    assert_eq!(get_manifest(&app, anonymous.clone()).await.0, StatusCode::OK);
+    let append = |token: &str, n: usize| {
+        let mut raw = token.trim_start_matches("Bearer ").to_owned();
+        for i in 0..n {
+            let block = biscuit_auth::macros::block!(r#"noise({i}); check if time($t), $t > 0;"#, i = i as i64);
+            raw = biscuit_auth::UnverifiedBiscuit::from_base64(&raw)
+                .and_then(|t| t.append(block))
+                .and_then(|t| t.to_base64())
+                .expect("append");
+        }
+        format!("Bearer {raw}")
+    };
+    let (status, challenge) = get_manifest(&app, append(&anonymous, 1)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "an anonymous token with a holder's block");
+    assert!(challenge.contains(r#"error="invalid_token""#));
+    let bearer = token(&app, Some(&alice.basic), &["repository:acme/app:pull"]).await;
+    let max = aerugo_dataplane::auth::tokens::MAX_APPENDED_BLOCKS;
+    assert_eq!(get_manifest(&app, append(&bearer, max)).await.0, StatusCode::OK, "attenuation still works");
+    assert_eq!(get_manifest(&app, append(&bearer, max + 1)).await.0, StatusCode::UNAUTHORIZED);
+
+    // One token checked against many names remembers at most the bound.
+    let cached = reg
+        .auth
+        .verify_token(bearer.trim_start_matches("Bearer "), TokenKind::Access)
+        .unwrap_or_else(|_| panic!("a valid token"));
+    for i in 0..1000 {
+        let name: aerugo_oci::RepoName = format!("acme/probe-{i}").parse().expect("name");
+        assert!(!cached.allows(&aerugo_auth::token::Need::Repository(&name, aerugo_auth::Action::Pull)));
+    }
+    assert_eq!(cached.remembered(), aerugo_dataplane::auth::tokens::MAX_DECISIONS_PER_TOKEN);
+    let app_name: aerugo_oci::RepoName = "acme/app".parse().expect("name");
+    assert!(cached.allows(&aerugo_auth::token::Need::Repository(&app_name, aerugo_auth::Action::Pull)));
+}
+
 #[actix_web::test]
 async fn tokens_of_the_previous_key_are_accepted_during_rotation() {
     let (reg, alice, _) = tenants().await;

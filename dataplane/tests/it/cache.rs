@@ -32,10 +32,7 @@ fn manifest(config: &(aerugo_oci::Digest, usize), layer: &(aerugo_oci::Digest, u
 
 #[actix_web::test]
 async fn a_tag_moved_on_one_node_is_never_read_old_on_another() {
-    let Some(url) = test_redis_url() else {
-        eprintln!("skipped: AERUGO_TEST_REDIS_URL is not set");
-        return;
-    };
+    let Some(url) = aerugo_test_support::service_env("AERUGO_TEST_REDIS_URL") else { return };
     let t = fs_registry().await;
     let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
     let (metrics_a, metrics_b) = (metrics(), metrics());

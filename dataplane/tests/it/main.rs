@@ -10,6 +10,7 @@ mod conformance;
 mod dashboard;
 mod fsck;
 mod harness;
+mod hostile;
 mod isolation;
 mod management;
 mod races;

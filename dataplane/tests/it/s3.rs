@@ -15,7 +15,7 @@ macro_rules! require_s3 {
         match s3_config().await {
             Some(config) => config,
             None => {
-                eprintln!("AERUGO_TEST_S3 is not set: run through ./scripts/dev.sh test, which starts Garage");
+                aerugo_test_support::skip("Garage (AERUGO_TEST_S3)");
                 return;
             }
         }
