@@ -44,7 +44,10 @@ pub struct ApiKeySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+(s|m|h|d)$"))]
     pub rotation_overlap: Option<String>,
-    /// The Secret to write (same namespace). Default: the object's name.
+    /// The Secret to write (same namespace; an RFC 1123 name). Default: the object's name. The
+    /// operator only writes a Secret that does not exist or that this ApiKey owns (its owner
+    /// reference); any other leaves the key `Ready=False`, `SecretConflict`, and the Secret as
+    /// it was. Deleting the ApiKey deletes only its own Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: Option<String>,

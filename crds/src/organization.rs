@@ -108,7 +108,11 @@ pub struct Quota {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrganizationStorage {
-    /// The bucket name (S3 naming rules).
+    /// The bucket name (S3 naming rules). A bucket is one organization's: naming the registry's
+    /// own bucket is refused (`InvalidSpec`), and one another organization holds leaves this
+    /// one `Ready=False`, `BucketTaken`, with nothing written to the bucket. A bucket policy the
+    /// operator did not write (a statement whose `Sid` does not start with `Aerugo`) is never
+    /// replaced (`BucketPolicyConflict`).
     #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"))]
     pub bucket: String,
     /// Extra principals (ARNs or account ids) the bucket policy lets read the bucket.

@@ -65,7 +65,10 @@ pub struct Grant {
     /// An ApiKey object (same namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_ref: Option<LocalRef>,
-    /// Pull, Push (includes Pull), Delete (includes Push) or Admin.
+    /// Rights are ordered, each including the ones before it: Pull (read manifests, blobs,
+    /// tags), Push (also upload and tag), Delete (also delete manifests, tags and blobs), Admin
+    /// (also change the repository's visibility and delete the repository). Only Admin, and the
+    /// organization's Owner and Admin roles, administer; an ApiKey never does.
     pub access: Access,
 }
 
@@ -76,9 +79,9 @@ pub enum Access {
     Pull,
     /// Pull and push.
     Push,
-    /// Pull, push and delete.
+    /// Pull, push and delete (manifests, tags, blobs).
     Delete,
-    /// Everything, including the repository's settings.
+    /// Pull, push, delete and administration: visibility, deleting the repository.
     Admin,
 }
 

@@ -317,6 +317,21 @@ mod tests {
         };
         let dedicated = validate(&org("acme", dedicated)).expect("valid");
         assert_eq!(desired(&dedicated).bucket, Some("acme-blobs"));
+        // Names that are no bucket (a path out of the blob directory, the registry's own
+        // location) are refused, whatever the API server let through.
+        for bucket in ["", "../acme-blobs", "a/b", "ab", "Acme"] {
+            let spec = OrganizationSpec {
+                storage: Some(aerugo_crds::organization::OrganizationStorage {
+                    bucket: bucket.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            assert!(
+                matches!(validate(&org("acme", spec)), Err(Error::InvalidSpec(m)) if m.contains("bucket")),
+                "{bucket:?}"
+            );
+        }
     }
 
     #[test]

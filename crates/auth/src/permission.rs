@@ -1,6 +1,13 @@
 //! The permission model: the actions a caller holds on a repository, from its organization
-//! role, repository grants, site-admin flag and the repository's visibility; and whether a push
-//! may create a repository. API keys then narrow this with their scopes.
+//! role, repository grants, site-admin flag and the repository's visibility; whether it may
+//! administer the repository; and whether a push may create a repository. API keys then narrow
+//! this with their scopes.
+//!
+//! Rights are ordered, each including the ones before it: Pull ⊂ Push ⊂ Delete ⊂ Admin.
+//! Pull, Push and Delete are the token actions (`pull`, `push`, `delete`). Admin — changing the
+//! repository's settings (visibility) and deleting the repository itself — is a right of its
+//! own, never implied by holding every action: it comes from the Owner or Admin role, an Admin
+//! grant, or being a site administrator, and never from an API key.
 
 use std::str::FromStr;
 
@@ -20,16 +27,16 @@ pub enum OrgRole {
     Viewer,
 }
 
-/// Access a repository grant gives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Access a repository grant gives; each level includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum GrantAccess {
     /// Pull.
     Pull,
     /// Pull and push.
     Push,
-    /// Pull and delete.
+    /// Pull, push and delete (manifests, tags, blobs).
     Delete,
-    /// Everything.
+    /// Pull, push, delete and the repository's administration.
     Admin,
 }
 
@@ -110,8 +117,7 @@ fn grant_actions(grant: GrantAccess) -> Actions {
     match grant {
         GrantAccess::Pull => Actions::PULL,
         GrantAccess::Push => Actions::PULL_PUSH,
-        GrantAccess::Delete => Actions::PULL.with(crate::Action::Delete),
-        GrantAccess::Admin => Actions::ALL,
+        GrantAccess::Delete | GrantAccess::Admin => Actions::ALL,
     }
 }
 
@@ -124,6 +130,17 @@ pub fn repository_actions(visibility: Visibility, caller: Option<&Standing>) -> 
     }
     let from_role = standing.org_role.map_or(Actions::NONE, role_actions);
     standing.grants.iter().fold(public.union(from_role), |acc, g| acc.union(grant_actions(*g)))
+}
+
+/// Whether `caller` may administer an existing repository: change its settings or delete it.
+/// Only people do: the caller of an API key never does (`via_key`), whatever its scopes.
+pub fn may_administer(caller: Option<&Standing>, via_key: bool) -> bool {
+    !via_key
+        && caller.is_some_and(|s| {
+            s.site_admin
+                || s.org_role.is_some_and(|r| matches!(r, OrgRole::Owner | OrgRole::Admin))
+                || s.grants.contains(&GrantAccess::Admin)
+        })
 }
 
 /// Whether a push by `caller` may create a missing repository in an organization that does
@@ -174,9 +191,46 @@ mod tests {
         assert_eq!(repository_actions(Visibility::Private, Some(&grantee)), Actions::PULL_PUSH);
         let deleter =
             Standing { org_role: Some(OrgRole::Viewer), grants: vec![GrantAccess::Delete], ..Standing::default() };
-        assert_eq!(repository_actions(Visibility::Private, Some(&deleter)), Actions::PULL.with(Action::Delete));
+        assert_eq!(repository_actions(Visibility::Private, Some(&deleter)), Actions::ALL, "Delete includes Push");
         let admin = Standing { site_admin: true, ..Standing::default() };
         assert_eq!(repository_actions(Visibility::Private, Some(&admin)), Actions::ALL);
+    }
+
+    /// The whole table: every role and grant level, what it may do, and whether it administers.
+    #[test]
+    fn rights_are_ordered_and_administration_is_its_own() {
+        use Action::{Delete, Pull, Push};
+        let none = Actions::NONE;
+        let pull = Actions::PULL;
+        let push = Actions::PULL_PUSH;
+        let all = Actions::PULL_PUSH.with(Delete);
+        let grant = |g| Standing { grants: vec![g], ..Standing::default() };
+        let table: [(&str, Standing, Actions, bool); 10] = [
+            ("nobody", Standing::default(), none, false),
+            ("viewer", member(OrgRole::Viewer), pull, false),
+            ("member", member(OrgRole::Member), push, false),
+            ("admin", member(OrgRole::Admin), all, true),
+            ("owner", member(OrgRole::Owner), all, true),
+            ("Pull grant", grant(GrantAccess::Pull), pull, false),
+            ("Push grant", grant(GrantAccess::Push), push, false),
+            ("Delete grant", grant(GrantAccess::Delete), all, false),
+            ("Admin grant", grant(GrantAccess::Admin), all, true),
+            ("site admin", Standing { site_admin: true, ..Standing::default() }, all, true),
+        ];
+        for (who, standing, actions, administers) in table {
+            assert_eq!(repository_actions(Visibility::Private, Some(&standing)), actions, "{who}");
+            assert_eq!(may_administer(Some(&standing), false), administers, "{who}");
+            assert!(!may_administer(Some(&standing), true), "{who} through an API key");
+        }
+        // A member holding every action through a Delete grant still does not administer.
+        let member_deleter =
+            Standing { org_role: Some(OrgRole::Member), grants: vec![GrantAccess::Delete], ..Standing::default() };
+        assert_eq!(repository_actions(Visibility::Private, Some(&member_deleter)), Actions::ALL);
+        assert!(!may_administer(Some(&member_deleter), false));
+        assert!(!may_administer(None, false));
+        assert!(GrantAccess::Pull < GrantAccess::Push && GrantAccess::Push < GrantAccess::Delete);
+        assert!(GrantAccess::Delete < GrantAccess::Admin);
+        assert!(all.contains(Pull) && all.contains(Push));
     }
 
     #[test]

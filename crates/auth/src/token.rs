@@ -5,7 +5,7 @@
 //! block and its own facts, so an appended block can restrict but never add rights.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aerugo_oci::RepoName;
 use biscuit_auth::builder::Algorithm;
@@ -149,6 +149,10 @@ impl TokenKeys {
         if claims.site_admin {
             builder = builder.fact(fact!("site_admin(true)")).map_err(invalid)?;
         }
+        // When it was minted, to the millisecond: a credential reset voids what came before.
+        let issued_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let issued_ms = i64::try_from(issued_ms).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        builder = builder.fact(fact!("issued_ms({issued_ms})", issued_ms = issued_ms)).map_err(invalid)?;
         if let Some(key_id) = &claims.key_id {
             builder = builder.fact(fact!(r#"key({key_id})"#, key_id = key_id.as_str())).map_err(invalid)?;
         }
@@ -241,6 +245,7 @@ impl VerifiedToken {
         let key: Vec<(String,)> = authorizer.query("data($k) <- key($k)").map_err(invalid)?;
         let expires: Vec<(SystemTime,)> = authorizer.query("data($e) <- expires($e)").map_err(invalid)?;
         let admin: Vec<(bool,)> = authorizer.query("data($a) <- site_admin($a)").map_err(invalid)?;
+        let issued: Vec<(i64,)> = authorizer.query("data($i) <- issued_ms($i)").map_err(invalid)?;
         let kind = match kind.first().map(|(k,)| k.as_str()) {
             Some("access") => TokenKind::Access,
             Some("refresh") => TokenKind::Refresh,
@@ -252,6 +257,10 @@ impl VerifiedToken {
             kind,
             key_id: key.into_iter().next().map(|(k,)| k),
             site_admin: admin.first().is_some_and(|(a,)| *a),
+            issued_at: issued
+                .first()
+                .and_then(|(ms,)| u64::try_from(*ms).ok())
+                .map_or(UNIX_EPOCH, |ms| UNIX_EPOCH + std::time::Duration::from_millis(ms)),
             expires_at: expires
                 .into_iter()
                 .next()
@@ -291,6 +300,8 @@ pub struct TokenFacts {
     pub site_admin: bool,
     /// The issuer's expiry (an appended block may only shorten it).
     pub expires_at: SystemTime,
+    /// When the registry minted it (the epoch for tokens minted before this was recorded).
+    pub issued_at: SystemTime,
 }
 
 /// How a holder narrows a token offline.

@@ -617,7 +617,7 @@ pub async fn revoke_api_key(client: &impl GenericClient, key_row_id: i64) -> Res
 
 /// Public ids of keys revoked since `since` or owned by a disabled user, and names of disabled
 /// users: credentials whose outstanding tokens must stop working.
-pub async fn revoked_since(client: &impl GenericClient, since: OffsetDateTime) -> Result<(Vec<String>, Vec<String>)> {
+pub async fn revoked_since(client: &impl GenericClient, since: OffsetDateTime) -> Result<Revocations> {
     let keys = client
         .prepare_cached(
             "SELECT key_id FROM api_keys
@@ -625,9 +625,67 @@ pub async fn revoked_since(client: &impl GenericClient, since: OffsetDateTime) -
         )
         .await?;
     let users = client.prepare_cached("SELECT username FROM users WHERE disabled").await?;
-    let keys = client.query(&keys, &[&since]).await?.iter().map(|r| r.get(0)).collect();
-    let users = client.query(&users, &[]).await?.iter().map(|r| r.get(0)).collect();
-    Ok((keys, users))
+    let resets = client
+        .prepare_cached("SELECT username, reset_at, all_tokens FROM credential_resets WHERE reset_at >= $1")
+        .await?;
+    Ok(Revocations {
+        keys: client.query(&keys, &[&since]).await?.iter().map(|r| r.get(0)).collect(),
+        users: client.query(&users, &[]).await?.iter().map(|r| r.get(0)).collect(),
+        resets: client
+            .query(&resets, &[&since])
+            .await?
+            .iter()
+            .map(|r| CredentialReset { username: r.get(0), at: r.get(1), all_tokens: r.get(2) })
+            .collect(),
+    })
+}
+
+/// Credentials that must stop working before their tokens expire.
+#[derive(Debug, Clone, Default)]
+pub struct Revocations {
+    /// Revoked API keys (and those of disabled users), by key id.
+    pub keys: Vec<String>,
+    /// Disabled users.
+    pub users: Vec<String>,
+    /// Users whose tokens issued before a moment are void.
+    pub resets: Vec<CredentialReset>,
+}
+
+/// A user's tokens issued before `at` are void.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialReset {
+    /// The token subject.
+    pub username: String,
+    /// Tokens issued before this are void.
+    pub at: OffsetDateTime,
+    /// Also the tokens of the user's API keys (deleted or disabled users).
+    pub all_tokens: bool,
+}
+
+/// Voids `username`'s tokens issued before now: password-derived ones, or with `all_tokens`
+/// every one (its API keys' too). Run it in the transaction of the change that causes it.
+pub async fn reset_credentials(client: &impl GenericClient, username: &str, all_tokens: bool) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO credential_resets (username, reset_at, all_tokens) VALUES ($1, now(), $2)
+             ON CONFLICT (username) DO UPDATE
+                SET reset_at = now(), all_tokens = credential_resets.all_tokens OR EXCLUDED.all_tokens",
+            &[&username, &all_tokens],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Disables or enables user `id`; false when there is no such user.
+pub async fn set_disabled(client: &impl GenericClient, id: i64, disabled: bool) -> Result<bool> {
+    Ok(client.execute("UPDATE users SET disabled = $2 WHERE id = $1", &[&id, &disabled]).await? > 0)
+}
+
+/// Deletes user `id` with its memberships, grants and API keys; false when there is no such
+/// user.
+pub async fn delete_user(client: &impl GenericClient, id: i64) -> Result<bool> {
+    client.execute("DELETE FROM repository_grants WHERE subject_kind = 'user' AND subject_id = $1", &[&id]).await?;
+    Ok(client.execute("DELETE FROM users WHERE id = $1", &[&id]).await? > 0)
 }
 
 /// Records when keys were last used, never moving a time backwards (one statement per batch).

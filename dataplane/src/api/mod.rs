@@ -254,6 +254,7 @@ impl Modify for SecuritySchemes {
     info(title = "Aerugo management API", description = "Users, organizations, repositories, API keys and the audit log of an Aerugo registry."),
     paths(
         users::login, users::create, users::list, users::me, users::update_me, users::change_password,
+        users::update, users::delete, users::reset_password,
         orgs::create, orgs::list, orgs::get, orgs::delete, orgs::members, orgs::put_member, orgs::remove_member,
         repos::create, repos::list, repos::get, repos::update, repos::delete,
         keys::create, keys::list, keys::revoke,
@@ -306,6 +307,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/auth/login", web::post().to(users::login))
             .route("/users", web::post().to(users::create))
             .route("/users", web::get().to(users::list))
+            .route("/users/{username}", web::patch().to(users::update))
+            .route("/users/{username}", web::delete().to(users::delete))
+            .route("/users/{username}/password", web::put().to(users::reset_password))
             .route("/user", web::get().to(users::me))
             .route("/user", web::patch().to(users::update_me))
             .route("/user/password", web::put().to(users::change_password))

@@ -181,7 +181,7 @@ async fn visible_repo(
     principal: &crate::auth::Principal,
     org: &str,
     name: &str,
-) -> ApiResult<(RepositorySummary, aerugo_auth::Actions, Option<i64>)> {
+) -> ApiResult<(RepositorySummary, crate::auth::Rights)> {
     let full = full_name(org, name)?;
     let not_found = || ApiError::NotFound(format!("repository {full}"));
     let rights = auth.rights(client, Some(principal), &full).await?;
@@ -189,7 +189,7 @@ async fn visible_repo(
         return Err(not_found());
     }
     let repo = tenancy::repository_summary(client, full.as_str()).await?.ok_or_else(not_found)?;
-    Ok((repo, rights.actions, rights.org_id))
+    Ok((repo, rights))
 }
 
 /// A repository with its tags, sizes and last push.
@@ -203,17 +203,20 @@ pub(super) async fn get(
 ) -> ApiResult<web::Json<RepoDetails>> {
     let principal = caller.principal().await?;
     let client = auth.client().await?;
-    let (repo, _, _) = visible_repo(&auth, &client, &principal, &path.0, &path.1).await?;
+    let (repo, _) = visible_repo(&auth, &client, &principal, &path.0, &path.1).await?;
     let tags = tenancy::tag_summaries(&client, repo.id).await?;
     Ok(web::Json(RepoDetails { repository: view(&path.0, repo), tags: tags.into_iter().map(tag_view).collect() }))
 }
 
-fn may_administer(actions: aerugo_auth::Actions) -> ApiResult<()> {
-    // Administering a repository takes every action on it (Owner, Admin, admin grant).
-    if actions == aerugo_auth::Actions::ALL {
+fn may_administer(rights: &crate::auth::Rights) -> ApiResult<()> {
+    // Administration is a right of its own (Owner, Admin, an Admin grant; never an API key),
+    // not "holds every action": a Delete grant includes push and delete, not this.
+    if rights.administer {
         Ok(())
     } else {
-        Err(ApiError::Forbidden("changing a repository takes the Owner or Admin role, or an admin grant".into()))
+        Err(ApiError::Forbidden(
+            "changing or deleting a repository takes the Owner or Admin role, or an Admin grant, and a person's credentials (not an API key)".into(),
+        ))
     }
 }
 
@@ -230,8 +233,9 @@ pub(super) async fn update(
     let principal = caller.principal().await?;
     valid_visibility(&body.visibility)?;
     let client = auth.client().await?;
-    let (repo, actions, org_id) = visible_repo(&auth, &client, &principal, &path.0, &path.1).await?;
-    may_administer(actions)?;
+    let (repo, rights) = visible_repo(&auth, &client, &principal, &path.0, &path.1).await?;
+    may_administer(&rights)?;
+    let org_id = rights.org_id;
     if repo.managed_by == MANAGED_BY_KUBERNETES {
         return Err(ApiError::managed_by_kubernetes(&format!("repository {}", repo.name)));
     }
@@ -262,8 +266,9 @@ pub(super) async fn delete(
 ) -> ApiResult<HttpResponse> {
     let principal = caller.principal().await?;
     let mut client = auth.client().await?;
-    let (repo, actions, org_id) = visible_repo(&auth, &client, &principal, &path.0, &path.1).await?;
-    may_administer(actions)?;
+    let (repo, rights) = visible_repo(&auth, &client, &principal, &path.0, &path.1).await?;
+    may_administer(&rights)?;
+    let org_id = rights.org_id;
     if repo.managed_by == MANAGED_BY_KUBERNETES {
         return Err(ApiError::managed_by_kubernetes(&format!("repository {}", repo.name)));
     }

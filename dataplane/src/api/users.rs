@@ -258,9 +258,131 @@ pub(super) async fn change_password(
         }
     })?;
     let hash = hash(&body.new_password).await?;
-    let client = auth.client().await?;
-    tenancy::set_password(&client, user.id, &hash).await?;
+    let mut client = auth.client().await?;
+    let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+    tenancy::set_password(&tx, user.id, &hash).await?;
+    // Sessions and refresh tokens issued before the change stop working (API keys do not).
+    tenancy::reset_credentials(&tx, &user.username, false).await?;
+    record(&tx, &principal, caller.source(), "user.password", &user.username, None, json!({})).await?;
+    tx.commit().await.map_err(aerugo_db::Error::from)?;
+    credentials_changed(&auth).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// After a credential change is committed: this node forgets remembered logins and reloads
+/// revocations at once (the others do when the database tells them, within a second).
+async fn credentials_changed(auth: &Auth) {
     auth.forget_logins();
-    record(&client, &principal, caller.source(), "user.password", &user.username, None, json!({})).await?;
+    if let Err(e) = auth.refresh_revocations().await {
+        tracing::error!(error = %e, "reloading revocations after a credential change failed; the periodic refresh will");
+    }
+}
+
+/// A site administrator's change to another user.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserUpdate {
+    /// Disable (every session, token and API key of the user stops working at once; enabling
+    /// again does not bring the old ones back) or enable the account.
+    pub disabled: bool,
+}
+
+/// A site administrator's password reset.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PasswordReset {
+    /// The new password (at least 8 characters).
+    pub new_password: String,
+}
+
+/// The user `username` as a site administrator (not the caller) may change it.
+async fn other_user(
+    client: &impl aerugo_db::GenericClient,
+    principal: &crate::auth::Principal,
+    username: &str,
+    what: &str,
+) -> ApiResult<User> {
+    if !principal.site_admin || principal.key.is_some() {
+        return Err(ApiError::Forbidden(format!("only site administrators {what} users")));
+    }
+    let user = tenancy::user(client, username).await?.ok_or_else(|| ApiError::NotFound(format!("user {username}")))?;
+    if user.username == principal.name {
+        return Err(ApiError::Forbidden(format!("site administrators cannot {what} themselves")));
+    }
+    if user.managed_by == MANAGED_BY_KUBERNETES {
+        return Err(ApiError::managed_by_kubernetes(&format!("user {username}")));
+    }
+    Ok(user)
+}
+
+/// Disable or enable a user (site administrators only, not themselves).
+#[utoipa::path(patch, path = "/api/v1/users/{username}", tag = "users", request_body = UserUpdate,
+    params(("username" = String, Path)),
+    responses((status = 200, body = UserView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn update(
+    auth: web::Data<Auth>,
+    caller: ApiCaller,
+    path: web::Path<String>,
+    body: web::Json<UserUpdate>,
+) -> ApiResult<web::Json<UserView>> {
+    let principal = caller.principal().await?;
+    let mut client = auth.client().await?;
+    let user = other_user(&client, &principal, &path, "disable").await?;
+    let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+    tenancy::set_disabled(&tx, user.id, body.disabled).await?;
+    if body.disabled {
+        tenancy::reset_credentials(&tx, &user.username, true).await?;
+    }
+    let action = if body.disabled { "user.disable" } else { "user.enable" };
+    record(&tx, &principal, caller.source(), action, &user.username, None, json!({})).await?;
+    tx.commit().await.map_err(aerugo_db::Error::from)?;
+    credentials_changed(&auth).await;
+    let updated = tenancy::user(&client, &user.username).await?.ok_or_else(|| ApiError::NotFound(user.username))?;
+    Ok(web::Json(updated.into()))
+}
+
+/// Delete a user with its memberships, grants and API keys; every token it held stops working
+/// (site administrators only, not themselves).
+#[utoipa::path(delete, path = "/api/v1/users/{username}", tag = "users", params(("username" = String, Path)),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub(super) async fn delete(
+    auth: web::Data<Auth>,
+    caller: ApiCaller,
+    path: web::Path<String>,
+) -> ApiResult<HttpResponse> {
+    let principal = caller.principal().await?;
+    let mut client = auth.client().await?;
+    let user = other_user(&client, &principal, &path, "delete").await?;
+    let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+    tenancy::reset_credentials(&tx, &user.username, true).await?;
+    tenancy::delete_user(&tx, user.id).await?;
+    record(&tx, &principal, caller.source(), "user.delete", &user.username, None, json!({})).await?;
+    tx.commit().await.map_err(aerugo_db::Error::from)?;
+    credentials_changed(&auth).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Set a user's password (site administrators only, not themselves: they use
+/// `PUT /api/v1/user/password`). The user's sessions and refresh tokens stop working.
+#[utoipa::path(put, path = "/api/v1/users/{username}/password", tag = "users", request_body = PasswordReset,
+    params(("username" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn reset_password(
+    auth: web::Data<Auth>,
+    caller: ApiCaller,
+    path: web::Path<String>,
+    body: web::Json<PasswordReset>,
+) -> ApiResult<HttpResponse> {
+    let principal = caller.principal().await?;
+    valid_password(&body.new_password)?;
+    let mut client = auth.client().await?;
+    let user = other_user(&client, &principal, &path, "reset the password of").await?;
+    let hash = hash(&body.new_password).await?;
+    let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+    tenancy::set_password(&tx, user.id, &hash).await?;
+    tenancy::reset_credentials(&tx, &user.username, false).await?;
+    record(&tx, &principal, caller.source(), "user.password_reset", &user.username, None, json!({})).await?;
+    tx.commit().await.map_err(aerugo_db::Error::from)?;
+    credentials_changed(&auth).await;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -98,13 +98,21 @@ pub struct Rights {
     pub actions: Actions,
     /// The organization the name belongs to, if it exists (for audit events).
     pub org_id: Option<i64>,
+    /// May change the repository's settings and delete it (a right of its own, see
+    /// `aerugo_auth::permission`).
+    pub administer: bool,
 }
+
+/// The bit that records [`Rights::administer`] next to the action bits in cached rights.
+const ADMINISTER_BIT: i64 = 1 << 8;
 
 /// Credentials that must stop working before their tokens expire.
 #[derive(Debug, Default)]
 struct Revoked {
     keys: HashSet<String>,
     users: HashSet<String>,
+    /// Per username: tokens issued before this are void (all of them, or password-derived).
+    resets: HashMap<String, (SystemTime, bool)>,
 }
 
 /// The authentication state of one node: token keys, caches, revocations and key usage.
@@ -176,7 +184,8 @@ impl Auth {
         )
         .await?;
         let org_id = facts.org.map(|(id, _)| id);
-        Ok(Rights { actions: actions_from(&facts, principal, name), org_id })
+        let (actions, administer) = rights_from(&facts, principal, name);
+        Ok(Rights { actions, org_id, administer })
     }
 
     /// [`Auth::rights`] through the cache of the repository `view` is of.
@@ -197,7 +206,8 @@ impl Auth {
         }
         let client = self.client().await?;
         let rights = self.rights(&client, principal, name).await?;
-        let value = Encoder::default().i64(i64::from(rights.actions.bits())).i64(rights.org_id.unwrap_or(-1)).finish();
+        let bits = i64::from(rights.actions.bits()) | if rights.administer { ADMINISTER_BIT } else { 0 };
+        let value = Encoder::default().i64(bits).i64(rights.org_id.unwrap_or(-1)).finish();
         view.put(Kind::Rights, &who, value).await;
         Ok(rights)
     }
@@ -229,9 +239,13 @@ impl Auth {
         let horizon = self.settings.refresh_token_ttl.max(LOGIN_CACHE_TTL);
         let since = OffsetDateTime::now_utc() - horizon;
         let client = self.client().await?;
-        let (keys, users) = tenancy::revoked_since(&client, since).await?;
+        let found = tenancy::revoked_since(&client, since).await?;
         if let Ok(mut revoked) = self.revoked.write() {
-            *revoked = Revoked { keys: keys.into_iter().collect(), users: users.into_iter().collect() };
+            *revoked = Revoked {
+                keys: found.keys.into_iter().collect(),
+                users: found.users.into_iter().collect(),
+                resets: found.resets.into_iter().map(|r| (r.username, (r.at.into(), r.all_tokens))).collect(),
+            };
         }
         Ok(())
     }
@@ -250,6 +264,18 @@ impl Auth {
 
     /// Whether credentials must no longer work: an API key that was revoked (or whose owner was
     /// disabled), or, for credentials without a key, a disabled user.
+    /// Whether a token with `facts` is void: its key revoked, its user disabled, or minted
+    /// before its user's credentials were reset (a password change voids password-derived
+    /// tokens; deleting the user voids all).
+    fn token_revoked(&self, facts: &aerugo_auth::token::TokenFacts) -> bool {
+        self.is_revoked(facts.key_id.as_deref(), &facts.subject)
+            || self.revoked.read().map_or(true, |r| {
+                r.resets
+                    .get(&facts.subject)
+                    .is_some_and(|(at, all)| facts.issued_at < *at && (*all || facts.key_id.is_none()))
+            })
+    }
+
     fn is_revoked(&self, key_id: Option<&str>, username: &str) -> bool {
         self.revoked.read().map_or(true, |r| match key_id {
             Some(key) => r.keys.contains(key),
@@ -260,13 +286,19 @@ impl Auth {
 
 fn decode_rights(value: bytes::Bytes) -> Option<Rights> {
     let mut d = Decoder::new(value);
-    let actions = Actions::from_bits(u8::try_from(d.i64()?).ok()?);
+    let bits = d.i64()?;
+    let actions = Actions::from_bits(u8::try_from(bits & 0xff).ok()?);
     let org_id = d.i64()?;
-    d.done().then_some(Rights { actions, org_id: (org_id >= 0).then_some(org_id) })
+    d.done().then_some(Rights {
+        actions,
+        org_id: (org_id >= 0).then_some(org_id),
+        administer: bits & ADMINISTER_BIT != 0,
+    })
 }
 
-/// The permission model applied to the facts.
-fn actions_from(facts: &AccessFacts, principal: Option<&Principal>, name: &RepoName) -> Actions {
+/// The permission model applied to the facts: the actions, and whether the caller administers
+/// the repository.
+fn rights_from(facts: &AccessFacts, principal: Option<&Principal>, name: &RepoName) -> (Actions, bool) {
     let key = principal.and_then(|p| p.key.as_ref());
     let standing = principal.map(|p| {
         let key_org_admin =
@@ -298,8 +330,9 @@ fn actions_from(facts: &AccessFacts, principal: Option<&Principal>, name: &RepoN
         (None, None) if standing.as_ref().is_some_and(|s| s.site_admin) => Actions::ALL,
         (None, None) => Actions::NONE,
     };
+    let administer = facts.repository.is_some() && permission::may_administer(standing.as_ref(), key.is_some());
     match key {
-        Some(k) => actions.intersection(k.scopes.allowed(name.as_str())),
-        None => actions,
+        Some(k) => (actions.intersection(k.scopes.allowed(name.as_str())), administer),
+        None => (actions, administer),
     }
 }

@@ -135,7 +135,7 @@ impl Auth {
         {
             return Err(TokenRefusal::Invalid);
         }
-        if self.is_revoked(cached.facts.key_id.as_deref(), &cached.facts.subject) {
+        if self.token_revoked(&cached.facts) {
             return Err(TokenRefusal::Revoked);
         }
         Ok(cached)

@@ -456,3 +456,180 @@ async fn the_openapi_document_is_served_and_rendered() {
     assert_eq!(bundle.status, StatusCode::OK, "the UI is served from the binary, not a CDN");
     assert_eq!(call(&app, Method::GET, "/api/v1/nothing").await.status, StatusCode::NOT_FOUND);
 }
+
+/// Repository administration (visibility, deleting the repository) is a right of its own: a
+/// Member holding every action through a Delete grant pushes and deletes manifests but cannot
+/// make the repository public or delete it; an Admin grant can. API keys never administer.
+#[actix_web::test]
+async fn a_delete_grant_includes_push_but_not_administration() {
+    let reg = fs_registry().await;
+    let root = seed_user(&reg.database_url, "root", true).await;
+    let mallory = seed_user(&reg.database_url, "mallory", false).await;
+    let grace = seed_user(&reg.database_url, "grace", false).await;
+    seed_org(&reg.database_url, "acme", "root").await;
+    let app = raw_app(&reg).await;
+    for user in ["mallory", "grace"] {
+        let put = api(
+            &app,
+            &root.basic,
+            Method::PUT,
+            &format!("/api/v1/orgs/acme/members/{user}"),
+            Some(json!({ "role": "member" })),
+        )
+        .await;
+        assert!(put.status.is_success(), "{:?}", put.body);
+    }
+    let created =
+        api(&app, &root.basic, Method::POST, "/api/v1/orgs/acme/repositories", Some(json!({ "name": "app" }))).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let pool = aerugo_db::pool(&reg.database_url, 1).expect("pool");
+    pool.get()
+        .await
+        .expect("db")
+        .batch_execute(
+            "INSERT INTO repository_grants (repository_id, subject_kind, subject_id, access)
+             SELECT r.id, 'user', u.id, CASE u.username WHEN 'mallory' THEN 'delete' ELSE 'admin' END
+               FROM repositories r, users u WHERE r.name = 'acme/app' AND u.username IN ('mallory', 'grace')",
+        )
+        .await
+        .expect("grants");
+
+    // Delete includes Push (the CRD's words), and delete.
+    let as_mallory = app_with(&reg.registry, &reg.auth, &metrics(), Some(&mallory.basic)).await;
+    let digest = push_image(&as_mallory, "acme/app", "v1", 1).await;
+    let deleted =
+        send_as(&app, &mallory.basic, TestRequest::delete().uri(&format!("/v2/acme/app/manifests/{digest}"))).await;
+    assert_eq!(deleted.status, StatusCode::ACCEPTED);
+    // Not administration.
+    let public = Some(json!({ "visibility": "public" }));
+    let refused = api(&app, &mallory.basic, Method::PATCH, "/api/v1/orgs/acme/repositories/app", public.clone()).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN, "{:?}", refused.body);
+    let refused = api(&app, &mallory.basic, Method::DELETE, "/api/v1/orgs/acme/repositories/app", None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    // An Admin grant administers.
+    let made = api(&app, &grace.basic, Method::PATCH, "/api/v1/orgs/acme/repositories/app", public).await;
+    assert_eq!(made.status, StatusCode::OK, "{:?}", made.body);
+    assert_eq!(made.json()["visibility"], "public");
+    let gone = api(&app, &grace.basic, Method::DELETE, "/api/v1/orgs/acme/repositories/app", None).await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT);
+}
+
+/// Site administrators disable, enable, delete users and reset passwords; a password change
+/// voids the user's sessions and refresh tokens at once; disabling voids everything and
+/// enabling again does not bring old tokens back; nobody can do this to themselves.
+#[actix_web::test]
+async fn users_are_disabled_deleted_and_reset_and_their_tokens_die_with_it() {
+    let reg = fs_registry().await;
+    let root = seed_user(&reg.database_url, "root", true).await;
+    let alice = seed_user(&reg.database_url, "alice", false).await;
+    seed_org(&reg.database_url, "acme", "alice").await;
+    let app = raw_app(&reg).await;
+    let login = |user: &str, password: &str| {
+        let body = json!({ "username": user, "password": password });
+        let app = &app;
+        async move {
+            let reply = send(app, TestRequest::post().uri("/api/v1/auth/login").set_json(body)).await;
+            (reply.status, reply.json()["token"].as_str().map(|t| format!("Bearer {t}")))
+        }
+    };
+    let me = |session: String| {
+        let app = &app;
+        async move { api(app, &session, Method::GET, "/api/v1/user", None).await.status }
+    };
+    let (status, session) = login("alice", &alice.password).await;
+    assert_eq!(status, StatusCode::OK);
+    let session = session.expect("session");
+    let refresh = {
+        let body = format!(
+            "grant_type=password&username=alice&password={}&service=aerugo&client_id=t&access_type=offline&scope={}",
+            urlencode(&alice.password),
+            urlencode("repository:acme/app:pull")
+        );
+        let reply = send(
+            &app,
+            TestRequest::post()
+                .uri("/v2/token")
+                .insert_header(("content-type", "application/x-www-form-urlencoded"))
+                .set_payload(body),
+        )
+        .await;
+        reply.json()["refresh_token"].as_str().expect("refresh token").to_owned()
+    };
+    let use_refresh = |refresh: String| {
+        let app = &app;
+        async move {
+            let body = format!("grant_type=refresh_token&refresh_token={refresh}&service=aerugo&client_id=t");
+            send(
+                app,
+                TestRequest::post()
+                    .uri("/v2/token")
+                    .insert_header(("content-type", "application/x-www-form-urlencoded"))
+                    .set_payload(body),
+            )
+            .await
+            .status
+        }
+    };
+    assert_eq!(me(session.clone()).await, StatusCode::OK);
+    assert_eq!(use_refresh(refresh.clone()).await, StatusCode::OK);
+
+    // Her own password change: old session and refresh token die; a new login works.
+    let change = json!({ "currentPassword": alice.password, "newPassword": "alice-new-password" });
+    let changed = api(&app, &session, Method::PUT, "/api/v1/user/password", Some(change)).await;
+    assert_eq!(changed.status, StatusCode::NO_CONTENT, "{:?}", changed.body);
+    assert_eq!(me(session.clone()).await, StatusCode::UNAUTHORIZED, "the old session is void");
+    assert_eq!(use_refresh(refresh).await, StatusCode::UNAUTHORIZED, "the old refresh token is void");
+    let (status, session) = login("alice", "alice-new-password").await;
+    assert_eq!(status, StatusCode::OK);
+    let session = session.expect("session");
+    assert_eq!(me(session.clone()).await, StatusCode::OK, "a session after the change works");
+
+    // A site administrator resets it: the same again.
+    let reset = json!({ "newPassword": "alice-third-password" });
+    let done = api(&app, &root.basic, Method::PUT, "/api/v1/users/alice/password", Some(reset)).await;
+    assert_eq!(done.status, StatusCode::NO_CONTENT, "{:?}", done.body);
+    assert_eq!(me(session).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(login("alice", "alice-new-password").await.0, StatusCode::UNAUTHORIZED);
+    let (_, session) = login("alice", "alice-third-password").await;
+    let session = session.expect("session");
+
+    // Disabled: nothing works; enabled again: old tokens stay void, a new login works.
+    let disabled =
+        api(&app, &root.basic, Method::PATCH, "/api/v1/users/alice", Some(json!({ "disabled": true }))).await;
+    assert_eq!(disabled.status, StatusCode::OK, "{:?}", disabled.body);
+    assert_eq!(disabled.json()["disabled"], true);
+    assert_eq!(me(session.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(login("alice", "alice-third-password").await.0, StatusCode::UNAUTHORIZED);
+    let enabled =
+        api(&app, &root.basic, Method::PATCH, "/api/v1/users/alice", Some(json!({ "disabled": false }))).await;
+    assert_eq!(enabled.status, StatusCode::OK);
+    assert_eq!(me(session).await, StatusCode::UNAUTHORIZED, "enabling does not revive old sessions");
+    let (status, session) = login("alice", "alice-third-password").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Only site administrators, never on themselves.
+    let bob = seed_user(&reg.database_url, "bob", false).await;
+    for (who, method, uri, body) in [
+        (&bob.basic, Method::PATCH, "/api/v1/users/alice", Some(json!({ "disabled": true }))),
+        (&bob.basic, Method::DELETE, "/api/v1/users/alice", None),
+        (&bob.basic, Method::PUT, "/api/v1/users/alice/password", Some(json!({ "newPassword": "hijacked-pass" }))),
+        (&root.basic, Method::DELETE, "/api/v1/users/root", None),
+        (&root.basic, Method::PATCH, "/api/v1/users/root", Some(json!({ "disabled": true }))),
+    ] {
+        assert_eq!(api(&app, who, method.clone(), uri, body).await.status, StatusCode::FORBIDDEN, "{method} {uri}");
+    }
+    assert_eq!(
+        api(&app, &root.basic, Method::DELETE, "/api/v1/users/nobody", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Deleted: gone from the list, its session void, its name free again.
+    let deleted = api(&app, &root.basic, Method::DELETE, "/api/v1/users/alice", None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{:?}", deleted.body);
+    assert_eq!(me(session.expect("session")).await, StatusCode::UNAUTHORIZED);
+    let users = api(&app, &root.basic, Method::GET, "/api/v1/users", None).await.json();
+    assert!(users.as_array().expect("list").iter().all(|u| u["username"] != "alice"));
+    let again = json!({ "username": "alice", "password": "a-brand-new-alice" });
+    assert_eq!(api(&app, &root.basic, Method::POST, "/api/v1/users", Some(again)).await.status, StatusCode::CREATED);
+    assert_eq!(login("alice", "a-brand-new-alice").await.0, StatusCode::OK);
+}
