@@ -51,6 +51,12 @@ pub struct RegistrySpec {
     /// Autoscaling on CPU. Default: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
+    /// The reverse proxies in front of the data plane (ingress controller, load balancer), as
+    /// CIDRs (`10.0.0.0/8`) or addresses. Only from these are `X-Forwarded-For` / `Forwarded`
+    /// believed, so rate limits and login backoff apply per real client address; without them,
+    /// every client behind an ingress shares the ingress's address. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
     /// CPU and memory of each data-plane container (a core/v1 ResourceRequirements).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,

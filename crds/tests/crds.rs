@@ -173,6 +173,7 @@ fn full_objects() -> Vec<(Value, Value)> {
             token_key_secret: Some("key".into()),
             service: Some(registry::ServiceSpec { type_: Some("LoadBalancer".into()), port: Some(443) }),
             autoscaling: Some(registry::Autoscaling { min_replicas: 2, max_replicas: 5, target_cpu_percent: Some(60) }),
+            trusted_proxies: vec!["10.0.0.0/8".into()],
             resources: Some(
                 serde_json::from_value(json!({ "limits": { "memory": "512Mi" }, "requests": { "cpu": "250m" } }))
                     .unwrap(),

@@ -149,14 +149,18 @@ pub struct AuthArgs {
     /// Lifetime of management API sessions from `POST /api/v1/auth/login`, in seconds.
     #[arg(long, env = "AERUGO_SESSION_TTL", default_value_t = 3600)]
     pub session_ttl: u64,
-    /// Take the client address from the first `X-Forwarded-For` entry (only behind a proxy
-    /// that sets it).
-    #[arg(long, env = "AERUGO_TRUST_FORWARDED_FOR", default_value_t = false)]
-    pub trust_forwarded_for: bool,
-    /// Failed password attempts per user allowed in one window before logins are refused.
+    /// Reverse proxies (CIDRs, comma-separated: `10.0.0.0/8,2001:db8::/32`) whose
+    /// `X-Forwarded-For` / `Forwarded` entries are believed. The client is the first address,
+    /// walking from the peer back through those headers, that is not one of them. Empty: the
+    /// peer is the client and the headers are ignored.
+    #[arg(long, env = "AERUGO_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Failed password attempts per user from one address after which that address waits
+    /// before trying that user again (1 s, doubling up to the login window). Other addresses
+    /// are not affected: nobody can lock a user out.
     #[arg(long, env = "AERUGO_LOGIN_MAX_FAILURES_PER_USER", default_value_t = 10)]
     pub login_max_failures_per_user: i32,
-    /// Failed attempts per source address allowed in one window.
+    /// Failed attempts per source address, whatever the user, allowed in one window.
     #[arg(long, env = "AERUGO_LOGIN_MAX_FAILURES_PER_ADDRESS", default_value_t = 50)]
     pub login_max_failures_per_address: i32,
     /// Length of the failed-login window, in seconds.
@@ -188,9 +192,9 @@ pub struct AuthSettings {
     pub refresh_token_ttl: Duration,
     /// Management session lifetime.
     pub session_ttl: Duration,
-    /// Use `X-Forwarded-For`.
-    pub trust_forwarded_for: bool,
-    /// Per-user failure limit.
+    /// Proxies whose forwarding headers are believed.
+    pub trusted_proxies: std::sync::Arc<[ipnet::IpNet]>,
+    /// Failures per (user, address) before that pair backs off.
     pub max_failures_per_user: i32,
     /// Per-address failure limit.
     pub max_failures_per_address: i32,
@@ -209,7 +213,7 @@ impl Default for AuthSettings {
             token_ttl: Duration::from_secs(300),
             refresh_token_ttl: Duration::from_secs(30 * 86_400),
             session_ttl: Duration::from_secs(3600),
-            trust_forwarded_for: false,
+            trusted_proxies: std::sync::Arc::new([]),
             max_failures_per_user: 10,
             max_failures_per_address: 50,
             login_window: Duration::from_secs(300),
@@ -233,7 +237,7 @@ impl AuthArgs {
             token_ttl: Duration::from_secs(self.token_ttl),
             refresh_token_ttl: Duration::from_secs(self.refresh_token_ttl.max(self.token_ttl)),
             session_ttl: Duration::from_secs(self.session_ttl.max(60)),
-            trust_forwarded_for: self.trust_forwarded_for,
+            trusted_proxies: self.trusted_proxies.clone().into(),
             max_failures_per_user: self.login_max_failures_per_user,
             max_failures_per_address: self.login_max_failures_per_address,
             login_window: Duration::from_secs(self.login_window),
@@ -347,4 +351,13 @@ impl ServeArgs {
             path_style: self.s3_path_style,
         })
     }
+}
+
+/// A CIDR (`10.0.0.0/8`), or a single address (`10.0.0.7`, meaning `/32` or `/128`).
+fn parse_cidr(value: &str) -> Result<ipnet::IpNet, String> {
+    let value = value.trim();
+    value
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{value:?} is not a CIDR (10.0.0.0/8) or an address"))
 }

@@ -115,7 +115,7 @@ async fn limit_requests(
         && let Some(auth) = req.app_data::<web::Data<Auth>>()
         && !auth.limiter().is_off()
     {
-        let source = source_address(req.request(), auth.settings().trust_forwarded_for);
+        let source = source_address(req.request(), &auth.settings().trusted_proxies);
         if let Err((limit, retry_after)) = auth.limiter().admit(&subjects(path, source.as_deref())) {
             if let Some(metrics) = req.app_data::<web::Data<Metrics>>() {
                 metrics.rate_limited(limit);

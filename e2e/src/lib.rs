@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub mod kubelet;
+pub mod postgres;
 
 /// Where blobs go for a server under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use aerugo_e2e::postgres::Postgres;
 use aerugo_e2e::*;
 use serde_json::{Value, json};
 
@@ -93,76 +94,6 @@ async fn an_operator_killed_mid_reconcile_is_finished_by_the_next_leader() {
         "{at_kill} of {REPOS} Ready when the leader was killed; the next leader finished {} s later",
         killed.elapsed().as_secs()
     );
-}
-
-/// A private PostgreSQL cluster for a test that restarts it; stopped on drop.
-struct Postgres {
-    bin: std::path::PathBuf,
-    data: tempfile::TempDir,
-    port: u16,
-}
-
-impl Postgres {
-    fn as_postgres(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
-        // As root, the cluster runs as the postgres user (initdb refuses root).
-        if is_root() {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(path);
-            cmd
-        } else {
-            Command::new(path)
-        }
-    }
-
-    fn start() -> Option<Postgres> {
-        let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-            .filter(|p| p.join("pg_ctl").exists())
-            .max()?;
-        let data = tempfile::Builder::new().prefix("aerugo-pg-").tempdir_in("/tmp").ok()?;
-        if is_root() {
-            run(Command::new("chown").arg("postgres").arg(data.path()));
-        }
-        let pg = Postgres { bin, data, port: free_port() };
-        run(pg.as_postgres("initdb").arg("-D").arg(pg.data.path()).args(["-U", "postgres", "--auth=trust", "-N"]));
-        pg.up();
-        Some(pg)
-    }
-
-    fn up(&self) {
-        let options = format!("-p {} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off", self.port);
-        let log = self.data.path().join("server.log");
-        run(self
-            .as_postgres("pg_ctl")
-            .arg("start")
-            .arg("-D")
-            .arg(self.data.path())
-            .arg("-l")
-            .arg(log)
-            .args(["-w", "-o", &options]));
-    }
-
-    /// An immediate stop: connections are cut, nothing shuts down cleanly.
-    fn crash(&self) {
-        run(self.as_postgres("pg_ctl").arg("stop").arg("-D").arg(self.data.path()).args(["-m", "immediate", "-w"]));
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ =
-            self.as_postgres("pg_ctl").arg("stop").arg("-D").arg(self.data.path()).args(["-m", "immediate"]).output();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false)
 }
 
 /// Postgres crashes and comes back while pushes and pulls run: during the outage requests

@@ -6,6 +6,8 @@
 //! of what is being committed would. It builds with the dev profile, whose dependencies the test
 //! build already compiled; `dev.sh test` runs this binary alone, after the other tests.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail by panicking
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -60,6 +60,17 @@ pub fn validate(registry: &Registry) -> Result<ValidRegistry> {
     if !spec.storage.endpoint.starts_with("http://") && !spec.storage.endpoint.starts_with("https://") {
         return Err(Error::InvalidSpec(format!("storage.endpoint {:?} is not an http(s) URL", spec.storage.endpoint)));
     }
+    for cidr in &spec.trusted_proxies {
+        let address = cidr.split_once('/').map_or(cidr.as_str(), |(address, _)| address);
+        let prefix_ok = cidr.split_once('/').is_none_or(|(_, bits)| {
+            bits.parse::<u8>().is_ok_and(|b| b <= if address.contains(':') { 128 } else { 32 })
+        });
+        if address.parse::<std::net::IpAddr>().is_err() || !prefix_ok {
+            return Err(Error::InvalidSpec(format!(
+                "trustedProxies: {cidr:?} is not a CIDR (10.0.0.0/8, fd00::/8) or an address"
+            )));
+        }
+    }
     let name = registry.name_any();
     Ok(ValidRegistry {
         token_key_secret: spec.token_key_secret.clone().unwrap_or_else(|| format!("{name}-token-key")),
@@ -117,6 +128,9 @@ pub fn desired_config(r: &ValidRegistry, owner: &Value) -> Value {
     });
     if let Some(host) = &r.spec.host {
         data["AERUGO_PUBLIC_URL"] = json!(format!("https://{host}"));
+    }
+    if !r.spec.trusted_proxies.is_empty() {
+        data["AERUGO_TRUSTED_PROXIES"] = json!(r.spec.trusted_proxies.join(","));
     }
     json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata(r, &format!("{}-dataplane", r.name), owner), "data": data })
 }
@@ -480,5 +494,22 @@ mod tests {
         let mut bad_endpoint = spec();
         bad_endpoint.storage.endpoint = "s3:3900".into();
         assert!(validate(&registry(bad_endpoint)).is_err());
+        for bad in ["10.0.0.0/33", "fd00::/129", "ingress", "10.0.0/8", ""] {
+            let spec = RegistrySpec { trusted_proxies: vec![bad.into()], ..spec() };
+            assert!(
+                matches!(validate(&registry(spec)), Err(Error::InvalidSpec(m)) if m.contains("trustedProxies")),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_reach_the_data_plane() {
+        let owner = json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": "Registry", "name": "main", "uid": "u" });
+        let proxies = vec!["10.0.0.0/8".to_owned(), "fd00::/8".to_owned(), "192.0.2.1".to_owned()];
+        let r = validate(&registry(RegistrySpec { trusted_proxies: proxies, ..spec() })).expect("valid");
+        assert_eq!(desired_config(&r, &owner)["data"]["AERUGO_TRUSTED_PROXIES"], "10.0.0.0/8,fd00::/8,192.0.2.1");
+        let none = validate(&registry(spec())).expect("valid");
+        assert!(desired_config(&none, &owner)["data"].get("AERUGO_TRUSTED_PROXIES").is_none());
     }
 }

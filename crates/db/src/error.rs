@@ -16,6 +16,9 @@ pub enum Error {
     /// The database URL is malformed.
     #[error("database url: {0}")]
     Config(tokio_postgres::Error),
+    /// TLS to the database cannot be set up as the URL asks (`sslmode`, `sslrootcert`).
+    #[error("database TLS: {0}")]
+    Tls(String),
     /// A migration failed.
     #[error("migration: {0}")]
     Migration(String),

@@ -12,6 +12,7 @@ pub mod registry;
 pub mod tenancy;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod tls;
 pub mod uploads;
 
 pub use deadpool_postgres::{GenericClient, Object as PooledClient, Pool, Transaction};
@@ -24,12 +25,13 @@ mod embedded {
 /// Arbitrary constant naming the advisory lock that serializes concurrent `migrate` runs.
 const MIGRATION_LOCK: i64 = 0x0AE2_0600_0001;
 
-/// Builds a connection pool of at most `max_size` connections for `url`.
+/// Builds a connection pool of at most `max_size` connections for `url` (TLS as its
+/// `sslmode` says, see [`tls`]).
 pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
-    let pg: tokio_postgres::Config = url.parse().map_err(Error::Config)?;
+    let (pg, tls) = tls::connection(url)?;
     let manager = deadpool_postgres::Manager::from_config(
         pg,
-        tokio_postgres::NoTls,
+        tls,
         deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
     );
     Pool::builder(manager)
@@ -44,7 +46,7 @@ pub fn pool(url: &str, max_size: usize) -> Result<Pool> {
 /// Applies every pending migration; a no-op when the schema is current. Safe to run from
 /// several processes at once: they queue on an advisory lock.
 pub async fn migrate(url: &str) -> Result<Vec<String>> {
-    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let (mut client, connection) = tls::connect(url).await?;
     let driver = tokio::spawn(connection);
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
     let report = embedded::migrations::runner().run_async(&mut client).await;

@@ -42,7 +42,7 @@ pub struct Listener {
 
 /// Opens a dedicated connection to `url` and listens on [`CHANNEL`].
 pub async fn listen(url: &str) -> Result<Listener> {
-    let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let (client, mut connection) = crate::tls::connect(url).await?;
     let (tx, payloads) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {

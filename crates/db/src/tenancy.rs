@@ -721,6 +721,27 @@ pub async fn login_blocked(
     Ok(wait.map(|w| u64::try_from(w.max(1)).unwrap_or(1)))
 }
 
+/// Seconds `key` must still wait under a backoff: its first `free` failures in a window cost
+/// nothing, then each further one waits 1 s, doubling up to `window_seconds`, counted from the
+/// last failure; `None` when it need not wait.
+pub async fn login_backoff(
+    client: &impl GenericClient,
+    key: &str,
+    free: i32,
+    window_seconds: f64,
+) -> Result<Option<u64>> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT ceil(extract(epoch FROM last_failure_at
+                         + make_interval(secs => least(power(2, failures - $2)::float8, $3)) - now()))::bigint
+             FROM login_failures
+             WHERE key = $1 AND failures >= $2 AND window_start + make_interval(secs => $3) > now()",
+        )
+        .await?;
+    let wait: Option<i64> = client.query_opt(&stmt, &[&key, &free, &window_seconds]).await?.and_then(|r| r.get(0));
+    Ok(wait.filter(|w| *w > 0).map(|w| u64::try_from(w).unwrap_or(1)))
+}
+
 /// Counts a failed attempt against each of `keys`, starting a new window where the old one ended.
 pub async fn login_failed(client: &impl GenericClient, keys: &[String], window_seconds: f64) -> Result<()> {
     let stmt = client
@@ -730,7 +751,8 @@ pub async fn login_failed(client: &impl GenericClient, keys: &[String], window_s
                failures = CASE WHEN login_failures.window_start + make_interval(secs => $2) > now()
                                THEN login_failures.failures + 1 ELSE 1 END,
                window_start = CASE WHEN login_failures.window_start + make_interval(secs => $2) > now()
-                                   THEN login_failures.window_start ELSE now() END",
+                                   THEN login_failures.window_start ELSE now() END,
+               last_failure_at = now()",
         )
         .await?;
     client.execute(&stmt, &[&keys, &window_seconds]).await?;

@@ -17,7 +17,7 @@ pub fn admin_url() -> String {
 /// Creates an empty, fully migrated database and returns its URL.
 pub async fn fresh_database() -> Result<String> {
     let admin = admin_url();
-    let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await?;
+    let (client, connection) = crate::tls::connect(&admin).await?;
     let driver = tokio::spawn(connection);
     let template = format!("aerugo_tmpl_{:016x}", crate::schema_fingerprint());
     client.execute("SELECT pg_advisory_lock($1)", &[&TEMPLATE_LOCK]).await?;

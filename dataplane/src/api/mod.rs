@@ -193,7 +193,7 @@ impl FromRequest for ApiCaller {
             return ready(Err(ApiError::Internal("authentication is not configured".into())));
         };
         let presented = Presented::parse(req.headers().get("authorization").map(|v| v.as_bytes()));
-        let source = source_address(req, auth.settings().trust_forwarded_for);
+        let source = source_address(req, &auth.settings().trusted_proxies);
         let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
         ready(Ok(ApiCaller { auth, presented, source, read_only }))
     }

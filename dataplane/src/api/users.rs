@@ -337,7 +337,7 @@ pub(super) async fn update(
     record(&tx, &principal, caller.source(), action, &user.username, None, json!({})).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
     credentials_changed(&auth).await;
-    let updated = tenancy::user(&client, &user.username).await?.ok_or_else(|| ApiError::NotFound(user.username))?;
+    let updated = tenancy::user(&client, &user.username).await?.ok_or(ApiError::NotFound(user.username))?;
     Ok(web::Json(updated.into()))
 }
 

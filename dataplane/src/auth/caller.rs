@@ -46,20 +46,72 @@ enum Checked {
     Bearer(Arc<CachedToken>),
 }
 
-/// The client's address: the peer, or the first `X-Forwarded-For` entry when trusted.
-pub fn source_address(req: &HttpRequest, trust_forwarded_for: bool) -> Option<String> {
-    if trust_forwarded_for
-        && let Some(first) = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-            .filter(|v| !v.is_empty() && v.len() <= 64)
-    {
-        return Some(first.to_owned());
+/// The client's address (see [`client_address`]).
+pub fn source_address(req: &HttpRequest, trusted_proxies: &[ipnet::IpNet]) -> Option<String> {
+    let peer = req.peer_addr()?.ip();
+    Some(client_address(peer, req.headers(), trusted_proxies).to_string())
+}
+
+/// Forwarding hops believed at most: more is no real chain of proxies.
+const MAX_HOPS: usize = 16;
+
+/// The client's address: the peer, unless the peer is a trusted proxy. Then the forwarding
+/// headers (`Forwarded`'s `for=`, else `X-Forwarded-For`) are walked from the nearest hop back,
+/// and the first address that is not a trusted proxy is the client. Entries further back were
+/// written by the client itself and are never believed; an entry that is no address ends the
+/// walk at the last hop believed.
+pub fn client_address(
+    peer: std::net::IpAddr,
+    headers: &actix_web::http::header::HeaderMap,
+    trusted_proxies: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let trusted = |ip: &std::net::IpAddr| trusted_proxies.iter().any(|net| net.contains(ip));
+    if !trusted(&peer) {
+        return peer;
     }
-    req.peer_addr().map(|a| a.ip().to_string())
+    let values = |name: &str| -> Vec<String> {
+        headers.get_all(name).filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
+    };
+    let forwarded = values("forwarded");
+    let hops: Vec<String> = if forwarded.is_empty() {
+        values("x-forwarded-for").iter().flat_map(|v| v.split(',')).map(|h| h.trim().to_owned()).collect()
+    } else {
+        forwarded
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|element| {
+                element
+                    .split(';')
+                    .find_map(|pair| {
+                        let (key, value) = pair.trim().split_once('=')?;
+                        key.trim().eq_ignore_ascii_case("for").then(|| value.trim().to_owned())
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let mut client = peer;
+    for hop in hops.iter().rev().take(MAX_HOPS) {
+        match hop_address(hop) {
+            Some(ip) if trusted(&ip) => client = ip,
+            Some(ip) => return ip,
+            None => return client,
+        }
+    }
+    client
+}
+
+/// An address of a forwarding entry: `1.2.3.4`, `1.2.3.4:5678`, `[2001:db8::1]:80`, `2001:db8::1`,
+/// quoted or not; `None` for `unknown`, obfuscated names and anything else.
+fn hop_address(hop: &str) -> Option<std::net::IpAddr> {
+    let hop = hop.trim().trim_matches('"');
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    if let Ok(socket) = hop.parse::<std::net::SocketAddr>() {
+        return Some(socket.ip());
+    }
+    hop.strip_prefix('[').and_then(|h| h.split_once(']')).and_then(|(ip, _)| ip.parse().ok())
 }
 
 /// The token endpoint's URL as clients must reach it.
@@ -293,7 +345,48 @@ impl FromRequest for Caller {
             return ready(Err(RegistryError::Internal("authentication is not configured".into())));
         };
         let presented = Presented::parse(req.headers().get("authorization").map(|v| v.as_bytes()));
-        let source = source_address(req, auth.settings().trust_forwarded_for);
+        let source = source_address(req, &auth.settings().trusted_proxies);
         ready(Ok(Caller { req: req.clone(), presented, source, auth }))
+    }
+}
+
+#[cfg(test)]
+mod forwarded_tests {
+    use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+
+    use super::client_address;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(HeaderName::from_static(name), HeaderValue::from_str(value).expect("value"));
+        }
+        map
+    }
+
+    #[test]
+    fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+        let proxies: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().expect("cidr"), "::1/128".parse().expect("cidr")];
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        let client = |peer: &str, pairs: &[(&'static str, &str)]| client_address(ip(peer), &headers(pairs), &proxies);
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(client("203.0.113.9", &[("x-forwarded-for", "1.1.1.1")]), ip("203.0.113.9"));
+        // Through one proxy: the entry it appended; what the client wrote before it is ignored.
+        assert_eq!(client("10.0.0.5", &[("x-forwarded-for", "6.6.6.6, 198.51.100.7")]), ip("198.51.100.7"));
+        // Through two proxies, over two header lines.
+        let two = [("x-forwarded-for", "6.6.6.6, 198.51.100.7"), ("x-forwarded-for", "10.1.2.3")];
+        assert_eq!(client("10.0.0.5", &two), ip("198.51.100.7"));
+        // RFC 7239, preferred over X-Forwarded-For; ports, brackets and quotes.
+        let rfc =
+            [("forwarded", r#"for=6.6.6.6, for="[2001:db8::7]:4711";proto=https"#), ("x-forwarded-for", "9.9.9.9")];
+        assert_eq!(client("::1", &rfc), ip("2001:db8::7"));
+        assert_eq!(client("10.0.0.5", &[("forwarded", "for=198.51.100.7:80")]), ip("198.51.100.7"));
+        // Garbage or `unknown` ends the walk at the last hop believed.
+        assert_eq!(client("10.0.0.5", &[("x-forwarded-for", "6.6.6.6, not-an-ip")]), ip("10.0.0.5"));
+        assert_eq!(client("10.0.0.5", &[("forwarded", "for=unknown")]), ip("10.0.0.5"));
+        // A trusted proxy without headers is the client (health checks).
+        assert_eq!(client("10.0.0.5", &[]), ip("10.0.0.5"));
+        // No proxies configured: headers never count.
+        assert_eq!(client_address(ip("10.0.0.5"), &headers(&[("x-forwarded-for", "1.1.1.1")]), &[]), ip("10.0.0.5"));
     }
 }

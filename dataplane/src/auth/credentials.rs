@@ -129,8 +129,14 @@ impl Auth {
         Ok(principal)
     }
 
+    /// The limit keys of an attempt: `user:<name>@<address>` (backoff; a user is never locked
+    /// out from other addresses) and `addr:<address>` (a fixed window over every user).
     fn limit_keys(username: Option<&str>, source: Option<&str>) -> Vec<String> {
-        username.map(|u| format!("user:{u}")).into_iter().chain(source.map(|s| format!("addr:{s}"))).collect()
+        username.map(|u| Self::pair_key(u, source)).into_iter().chain(source.map(|s| format!("addr:{s}"))).collect()
+    }
+
+    fn pair_key(username: &str, source: Option<&str>) -> String {
+        format!("user:{username}@{}", source.unwrap_or("-"))
     }
 
     async fn check_blocked(
@@ -141,14 +147,9 @@ impl Auth {
     ) -> Result<()> {
         let window = self.settings.login_window.as_secs_f64();
         let user_wait = match username {
-            Some(_) => {
-                tenancy::login_blocked(
-                    client,
-                    &Self::limit_keys(username, None),
-                    self.settings.max_failures_per_user,
-                    window,
-                )
-                .await?
+            Some(user) => {
+                let key = Self::pair_key(user, source);
+                tenancy::login_backoff(client, &key, self.settings.max_failures_per_user, window).await?
             }
             None => None,
         };
@@ -213,7 +214,7 @@ impl Auth {
         let client = self.client().await?;
         match found {
             Some((user, _)) if matches && stored.is_some() => {
-                tenancy::login_succeeded(&client, &format!("user:{username}")).await?;
+                tenancy::login_succeeded(&client, &Self::pair_key(username, source)).await?;
                 Ok(Principal { name: user.username, user_id: Some(user.id), site_admin: user.is_site_admin, key: None })
             }
             _ => {

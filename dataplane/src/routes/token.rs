@@ -50,7 +50,7 @@ fn first<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 pub(super) async fn get(auth: web::Data<Auth>, req: HttpRequest) -> Result<HttpResponse> {
     let query = pairs(req.query_string().as_bytes());
     let scopes = parse_scopes(query.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str()))?;
-    let source = source_address(&req, auth.settings().trust_forwarded_for);
+    let source = source_address(&req, &auth.settings().trusted_proxies);
     let principal = match Presented::parse(req.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes())) {
         Presented::Nothing => None,
         Presented::Basic { username, secret } => {
@@ -77,7 +77,7 @@ pub(super) async fn post(auth: web::Data<Auth>, req: HttpRequest, body: web::Byt
     }
     let form = pairs(&body);
     let scopes = parse_scopes(form.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.as_str()))?;
-    let source = source_address(&req, auth.settings().trust_forwarded_for);
+    let source = source_address(&req, &auth.settings().trusted_proxies);
     let offline = first(&form, "access_type") == Some("offline");
     let principal = match first(&form, "grant_type") {
         Some("password") => {

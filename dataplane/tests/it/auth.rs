@@ -336,8 +336,11 @@ fn key_from_basic(basic_value: &str) -> String {
     String::from_utf8(decoded).expect("utf8").split_once(':').expect("pair").1.to_owned()
 }
 
+/// Failed passwords back off per (user, address), on every node: the guessing address waits
+/// 1 s, then 2 s, …, even with the right password; the same user from another address — the
+/// user themselves — is never locked out by someone failing with their name.
 #[actix_web::test]
-async fn failed_logins_are_limited_per_user_across_nodes() {
+async fn failed_logins_back_off_per_user_and_address_across_nodes() {
     let (reg, alice, _) = tenants().await;
     let settings = aerugo_dataplane::config::AuthSettings { max_failures_per_user: 3, ..Default::default() };
     let node = |s: aerugo_dataplane::config::AuthSettings| {
@@ -346,20 +349,30 @@ async fn failed_logins_are_limited_per_user_across_nodes() {
     };
     let a = app_with(&reg.registry, &node(settings.clone()), &metrics(), None).await;
     let b = app_with(&reg.registry, &node(settings), &metrics(), None).await;
+    let from = |addr: &str| TestRequest::get().uri("/v2/").peer_addr(addr.parse().expect("socket address"));
+    let (attacker, owner) = ("192.0.2.66:40000", "198.51.100.7:40000");
     let wrong = basic("alice", "wrong-password");
     for _ in 0..3 {
-        assert_eq!(send_as(&a, &wrong, TestRequest::get().uri("/v2/")).await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(send_as(&a, &wrong, from(attacker)).await.status, StatusCode::UNAUTHORIZED);
     }
+    let wait = |reply: &Reply| -> u64 { reply.header("retry-after").expect("Retry-After").parse().expect("seconds") };
     for app in [&a, &b] {
-        let reply = send_as(app, &alice.basic, TestRequest::get().uri("/v2/")).await;
+        let reply = send_as(app, &alice.basic, from(attacker)).await;
         assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "even the right password waits");
         assert_eq!(reply.error_code(), "TOOMANYREQUESTS");
-        let wait: u64 = reply.header("retry-after").expect("Retry-After").parse().expect("seconds");
-        assert!((1..=300).contains(&wait), "{wait}");
+        assert_eq!(wait(&reply), 1);
     }
-    // Another user is not affected.
+    // The user, from their own address, is not locked out by the guesses.
+    assert_eq!(send_as(&b, &alice.basic, from(owner)).await.status, StatusCode::OK);
+    // Another failure once the wait is over doubles it.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(send_as(&a, &wrong, from(attacker)).await.status, StatusCode::UNAUTHORIZED);
+    let reply = send_as(&b, &wrong, from(attacker)).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!((1..=2).contains(&wait(&reply)), "{}", wait(&reply));
+    // Another user from the guessing address is not affected.
     let bob = basic("bob", "pw-bob-secret");
-    assert_eq!(send_as(&b, &bob, TestRequest::get().uri("/v2/")).await.status, StatusCode::OK);
+    assert_eq!(send_as(&b, &bob, from(attacker)).await.status, StatusCode::OK);
 }
 
 #[actix_web::test]
