@@ -75,7 +75,7 @@ fn make_server_cert(dir: &Path, ca: &str) {
 /// Whether a session on `url` works, and then whether it is encrypted.
 async fn session(url: &str) -> Result<bool, String> {
     let pool = aerugo_db::pool(url, 1).map_err(|e| e.to_string())?;
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(|e| format!("{e:?}"))?;
     let row = client
         .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
         .await

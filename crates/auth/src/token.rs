@@ -382,6 +382,29 @@ mod tests {
         assert!(!facts.site_admin);
         assert!(verified.authorize_kind(TokenKind::Session, now).is_err(), "an access token is no session");
         assert_eq!(verified.revocation_ids().len(), 1);
+        let age = now.duration_since(facts.issued_at).expect("minted in the past");
+        assert!(age < Duration::from_secs(5), "issued_at is the minting time ({age:?})");
+        assert!(!verified.is_anonymous() && verified.appended_blocks() == 0);
+    }
+
+    #[test]
+    fn anonymity_and_appended_blocks_are_read_without_running_them() {
+        let keys = TokenKeys::generate();
+        let anonymous = Claims { subject: String::new(), key_id: None, ..claims(Duration::from_secs(60)) };
+        let token = keys.mint(&anonymous).expect("mint");
+        assert!(keys.verify(&token).expect("verify").is_anonymous());
+        let narrowed = attenuate(&token, &Restriction { actions: Some(Actions::PULL), ..Restriction::default() })
+            .expect("attenuate");
+        let verified = keys.verify(&narrowed).expect("verify");
+        assert_eq!(verified.appended_blocks(), 1);
+        assert!(verified.is_anonymous(), "an appended block cannot change the authority block");
+        // A holder's block claiming a subject does not make an anonymous token anyone's.
+        let claimed = biscuit_auth::UnverifiedBiscuit::from_base64(&token)
+            .and_then(|t| t.append(biscuit_auth::macros::block!(r#"subject("alice");"#)))
+            .and_then(|t| t.to_base64())
+            .expect("append");
+        assert!(keys.verify(&claimed).expect("verify").is_anonymous());
+        assert_eq!(keys.verify(&claimed).expect("verify").facts().expect("facts").subject, "");
     }
 
     #[test]
