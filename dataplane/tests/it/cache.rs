@@ -264,3 +264,33 @@ async fn a_cached_pull_with_a_verified_token_needs_no_database() {
     let uncached = send_as(&app, &bearer, TestRequest::get().uri("/v2/hot/app/manifests/v2")).await;
     assert_eq!(uncached.status, StatusCode::SERVICE_UNAVAILABLE);
 }
+
+/// Tag pages are cached only as the default first page: callers sending any `n` and `last`
+/// (anonymous ones included) cannot fill Redis with pages nobody else asks for.
+#[actix_web::test]
+async fn tag_pages_of_arbitrary_n_and_last_are_not_cached() {
+    let Some(url) = aerugo_test_support::service_env("AERUGO_TEST_REDIS_URL") else { return };
+    let t = fs_registry().await;
+    let prefix = format!("t{}", uuid::Uuid::new_v4().simple());
+    let m = metrics();
+    let registry = node(&t, redis_cache(&url, &prefix, &m).await).await;
+    let app = app_with(&registry, &t.auth, &m, Some(&t.admin)).await;
+    push_image(&app, "acme/pages", "v1", 1).await;
+    let port = url.rsplit(':').next().and_then(|p| p.trim_end_matches('/').parse::<u16>().ok()).unwrap_or(6379);
+    let cached = || {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "--scan", "--pattern", &format!("{prefix}:c:*:tags:*")])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    for _ in 0..2 {
+        assert_eq!(call(&app, Method::GET, "/v2/acme/pages/tags/list").await.status, StatusCode::OK);
+    }
+    assert_eq!(cached(), 1, "the default first page is cached");
+    for i in 0..100 {
+        let reply = call(&app, Method::GET, &format!("/v2/acme/pages/tags/list?n={}&last=junk-{i}", i % 7 + 1)).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(cached(), 1, "pages keyed by the caller's n and last are not cached");
+}
