@@ -91,13 +91,6 @@ pub enum RegistryError {
         /// What was wrong (never which part of a credential).
         detail: String,
     },
-    /// 403 `DENIED` with a challenge: a valid token of an authenticated caller that does not
-    /// grant the request.
-    #[error("requested access to the resource is denied")]
-    InsufficientScope {
-        /// `WWW-Authenticate` header value naming the scope needed.
-        challenge: String,
-    },
     /// 429 `TOOMANYREQUESTS` with `Retry-After`: over a rate limit, or too many failed logins.
     #[error("too many requests, retry later")]
     TooManyRequests {
@@ -138,7 +131,7 @@ impl RegistryError {
             Self::TagInvalid(_) => "TAG_INVALID",
             Self::SizeInvalid { .. } => "SIZE_INVALID",
             Self::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
-            Self::Denied(_) | Self::OverQuota(_) | Self::ImmutableTag(_) | Self::InsufficientScope { .. } => "DENIED",
+            Self::Denied(_) | Self::OverQuota(_) | Self::ImmutableTag(_) => "DENIED",
             Self::Unsupported(_) => "UNSUPPORTED",
             Self::Unauthorized { .. } => "UNAUTHORIZED",
             Self::TooManyRequests { .. } => "TOOMANYREQUESTS",
@@ -167,7 +160,6 @@ impl RegistryError {
             | Self::Unsupported(d)
             | Self::InvalidRequest(d) => json!(d),
             Self::Unauthorized { detail, .. } => json!(detail),
-            Self::InsufficientScope { .. } => json!("the token does not grant this access"),
             Self::TooManyRequests { retry_after } => json!({ "retryAfterSeconds": retry_after }),
             Self::SizeInvalid { detail, .. } => json!(detail),
             Self::RangeMismatch { offset, .. } => json!({ "offset": offset }),
@@ -187,7 +179,7 @@ impl ResponseError for RegistryError {
             | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::RangeMismatch { .. } | Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::SizeInvalid { over_limit: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Denied(_) | Self::OverQuota(_) | Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::Denied(_) | Self::OverQuota(_) => StatusCode::FORBIDDEN,
             Self::ImmutableTag(_) => StatusCode::CONFLICT,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -218,7 +210,7 @@ impl ResponseError for RegistryError {
             Self::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
-            Self::Unauthorized { challenge, .. } | Self::InsufficientScope { challenge } => {
+            Self::Unauthorized { challenge, .. } => {
                 response.insert_header((header::WWW_AUTHENTICATE, challenge.as_str()));
             }
             Self::TooManyRequests { retry_after } => {

@@ -571,12 +571,15 @@ pub async fn delete_manifest(
     }
 }
 
-/// Manifests in the repository whose subject is `subject`, optionally of one artifact type.
+/// Manifests in the repository whose subject is `subject`, optionally of one artifact type, in
+/// digest order after `after`, at most `limit`.
 pub async fn referrers(
     client: &impl GenericClient,
     repository_id: i64,
     subject: &str,
     artifact_type: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
 ) -> Result<Vec<Referrer>> {
     let stmt = client
         .prepare_cached(
@@ -584,11 +587,13 @@ pub async fn referrers(
              FROM manifests
              WHERE repository_id = $1 AND subject_digest = $2
                AND ($3::text IS NULL OR artifact_type = $3)
-             ORDER BY created_at, digest",
+               AND ($4::text IS NULL OR digest > $4)
+             ORDER BY digest
+             LIMIT $5",
         )
         .await?;
     Ok(client
-        .query(&stmt, &[&repository_id, &subject, &artifact_type])
+        .query(&stmt, &[&repository_id, &subject, &artifact_type, &after, &limit])
         .await?
         .iter()
         .map(|r| Referrer {

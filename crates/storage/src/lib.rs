@@ -144,6 +144,15 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
+    /// The smallest chunk, other than the last, that this store takes without buffering it
+    /// between requests (S3's minimum multipart part); `None`: any size.
+    pub fn chunk_min_length(&self) -> Option<u64> {
+        match self {
+            AnyStore::Fs(_) => None,
+            AnyStore::S3(_) => u64::try_from(s3::MIN_PART_SIZE).ok(),
+        }
+    }
+
     /// The store of `location`: `""` is this store; any other value is a dedicated bucket on
     /// the same S3 service with the same credentials, or (filesystem) the directory
     /// `locations/<location>` under this store's root. Location names follow S3 bucket naming

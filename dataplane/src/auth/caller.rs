@@ -148,16 +148,33 @@ impl Caller {
         RegistryError::Unauthorized { challenge: self.challenge(scope, error), detail: detail.to_owned() }
     }
 
-    /// The refusal of a valid token that does not cover the request. An anonymous token gets
-    /// `401` (logging in may help); a token of an authenticated caller gets `403` with the
-    /// challenge (RFC 6750's `insufficient_scope`), so clients that cached one token for every
-    /// request (oras) know to fetch one for this scope, and clients that ask per operation stop.
-    fn insufficient_scope(&self, scope: &str, anonymous: bool) -> RegistryError {
-        let challenge = self.challenge(Some(scope), Some("insufficient_scope"));
-        if anonymous {
-            RegistryError::Unauthorized { challenge, detail: "authentication required".into() }
+    /// `401` with a challenge naming `scope` and `error="insufficient_scope"` (RFC 6750, the
+    /// docker token specification): the client asks the token endpoint for that scope and
+    /// retries. docker, containerd and generic clients fetch a new token only after a 401.
+    fn insufficient_scope(&self, scope: &str) -> RegistryError {
+        RegistryError::Unauthorized {
+            challenge: self.challenge(Some(scope), Some("insufficient_scope")),
+            detail: "the token does not grant this access; ask the token endpoint for the scope".into(),
+        }
+    }
+
+    /// The refusal of a valid token that does not allow `action` on `name`: `401
+    /// insufficient_scope` when a token for it would be granted to the token's holder (or the
+    /// holder is anonymous: logging in may help), else `403 DENIED` — no token could grant it,
+    /// and asking again would loop. Both answers are the same whether or not `name` exists.
+    async fn refuse_token(&self, token: &CachedToken, name: &RepoName, action: Action, scope: &str) -> RegistryError {
+        if token.facts.subject.is_empty() {
+            return self.insufficient_scope(scope);
+        }
+        let grantable = match self.auth.principal_of(&token.facts.subject, token.facts.key_id.as_deref()).await {
+            Ok(Some(principal)) => self.allowed_by_rights(Some(&principal), name, action).await,
+            Ok(None) => false,
+            Err(e) => return e,
+        };
+        if grantable {
+            self.insufficient_scope(scope)
         } else {
-            RegistryError::InsufficientScope { challenge }
+            RegistryError::Denied("requested access to the resource is denied".into())
         }
     }
 
@@ -224,7 +241,7 @@ impl Caller {
                     return Ok(self.actor(&token.facts.subject, token.facts.site_admin));
                 }
                 self.audit_denied(&token.facts.subject, name, action).await;
-                Err(self.insufficient_scope(&scope(), token.facts.subject.is_empty()))
+                Err(self.refuse_token(token, name, action, &scope()).await)
             }
             Checked::Anonymous | Checked::Basic(_) => {
                 let principal = match &checked {
@@ -289,7 +306,8 @@ impl Caller {
             Checked::Basic(p) => p,
             Checked::Bearer(token) => {
                 if !token.allows(&Need::Catalog) {
-                    return Err(self.insufficient_scope(SCOPE, token.facts.subject.is_empty()));
+                    // Everyone is granted the catalog scope (the listing is filtered).
+                    return Err(self.insufficient_scope(SCOPE));
                 }
                 match self.auth.principal_of(&token.facts.subject, token.facts.key_id.as_deref()).await? {
                     Some(p) => Arc::new(p),

@@ -36,8 +36,7 @@ impl Registry {
         }
         let client = self.client().await?;
         match registry::blob_by_repository_name(&client, view.repository(), digest.as_str()).await? {
-            None => Err(RegistryError::NameUnknown(view.repository().to_owned())),
-            Some(None) => Err(RegistryError::BlobUnknown(digest.to_string())),
+            None | Some(None) => Err(RegistryError::BlobUnknown(digest.to_string())),
             Some(Some(blob)) => {
                 view.put(Kind::Blob, digest.as_str(), encode_blob(&blob)).await;
                 Ok(blob)

@@ -12,6 +12,10 @@ use crate::error::Result;
 /// Page size when the client gives no `n`, and the most one page may hold.
 pub const MAX_PAGE: u32 = 10_000;
 
+/// Referrers in one response (an index of descriptors, with annotations): past this, a `Link`
+/// names the next page.
+pub const MAX_REFERRERS_PAGE: u32 = 1_000;
+
 /// A page request: `n` results after `last`.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
@@ -122,15 +126,33 @@ impl Registry {
         Ok(page.finish(items))
     }
 
-    /// Manifests of repository `name` whose subject is `subject`.
+    /// A page of the manifests of repository `name` whose subject is `subject` (in digest
+    /// order; `page.last` is the last digest of the previous page), and the digest to continue
+    /// after when more follow. A repository that does not exist has none.
     pub async fn referrers(
         &self,
         name: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
-    ) -> Result<Vec<Referrer>> {
+        page: &Page,
+    ) -> Result<(Vec<Referrer>, Option<String>)> {
         let client = self.client().await?;
-        let repo = self.repository(&client, name).await?;
-        Ok(registry::referrers(&client, repo.id, subject.as_str(), artifact_type).await?)
+        let Some(repo) = registry::find_repository(&client, name.as_str()).await? else {
+            return Ok((Vec::new(), None));
+        };
+        let limit = page.limit().min(i64::from(MAX_REFERRERS_PAGE));
+        if limit == 0 {
+            return Ok((Vec::new(), None));
+        }
+        let mut found =
+            registry::referrers(&client, repo.id, subject.as_str(), artifact_type, page.last.as_deref(), limit + 1)
+                .await?;
+        let next = if found.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+            found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            found.last().map(|r| r.digest.clone())
+        } else {
+            None
+        };
+        Ok((found, next))
     }
 }

@@ -91,8 +91,9 @@ impl Registry {
             Reference::Digest(digest) => (digest.as_str(), false),
         };
         match registry::manifest_by_repository_name(&client, name, key, by_tag).await? {
-            None => Err(RegistryError::NameUnknown(name.to_string())),
-            Some(None) => Err(RegistryError::ManifestUnknown(reference.to_string())),
+            // A missing manifest is MANIFEST_UNKNOWN whether or not its repository exists yet
+            // (a caller who may push there must not see a different answer).
+            None | Some(None) => Err(RegistryError::ManifestUnknown(reference.to_string())),
             Some(Some(found)) => Ok(found.into()),
         }
     }

@@ -202,6 +202,11 @@ impl Registry {
         Ok(registry::ensure_repository(client, org_id, name.as_str()).await?)
     }
 
+    /// `OCI-Chunk-Min-Length` to advertise on a new upload session, if the store has one.
+    pub fn chunk_min_length(&self) -> Option<u64> {
+        self.store.chunk_min_length()
+    }
+
     /// The configured public base URL, without a trailing slash.
     pub fn public_url(&self) -> Option<&str> {
         self.settings.public_url.as_deref()

@@ -9,7 +9,7 @@ use super::{digest, query, repo_name};
 use crate::Registry;
 use crate::auth::Caller;
 use crate::error::{RegistryError, Result};
-use crate::registry::{CatalogFilter, Page, PageOf};
+use crate::registry::{CatalogFilter, Page};
 use aerugo_auth::Action;
 
 fn page(req: &HttpRequest) -> Result<Page> {
@@ -23,10 +23,19 @@ fn page(req: &HttpRequest) -> Result<Page> {
     Ok(Page { n, last: query(req, "last") })
 }
 
-/// Adds `Link: <path?n=…&last=…>; rel="next"` when another page follows.
-fn link(response: &mut actix_web::HttpResponseBuilder, path: &str, page: &Page, result: &PageOf) {
-    if let Some(last) = &result.next {
+/// Adds `Link: <path?[filter&]n=…&last=…>; rel="next"` when another page follows (`next`).
+fn link(
+    response: &mut actix_web::HttpResponseBuilder,
+    path: &str,
+    filter: Option<(&str, &str)>,
+    page: &Page,
+    next: Option<&str>,
+) {
+    if let Some(last) = next {
         let mut query = url::form_urlencoded::Serializer::new(String::new());
+        if let Some((key, value)) = filter {
+            query.append_pair(key, value);
+        }
         if let Some(n) = page.n {
             query.append_pair("n", &n.to_string());
         }
@@ -44,7 +53,7 @@ pub(super) async fn catalog(registry: web::Data<Registry>, caller: Caller, req: 
     let body = json!({ "repositories": result.items });
     let mut response = HttpResponse::Ok();
     response.content_type("application/json");
-    link(&mut response, "/v2/_catalog", &page, &result);
+    link(&mut response, "/v2/_catalog", None, &page, result.next.as_deref());
     Ok(response.body(body.to_string()))
 }
 
@@ -62,7 +71,7 @@ pub(super) async fn tags(
     let body = json!({ "name": name.as_str(), "tags": result.items });
     let mut response = HttpResponse::Ok();
     response.content_type("application/json");
-    link(&mut response, &format!("/v2/{name}/tags/list"), &page, &result);
+    link(&mut response, &format!("/v2/{name}/tags/list"), None, &page, result.next.as_deref());
     Ok(response.body(body.to_string()))
 }
 
@@ -75,7 +84,8 @@ pub(super) async fn referrers(
     let (name, subject) = (repo_name(&path.0)?, digest(&path.1)?);
     caller.authorize(&name, Action::Pull).await?;
     let artifact_type = query(&req, "artifactType");
-    let found = registry.referrers(&name, &subject, artifact_type.as_deref()).await?;
+    let page = page(&req)?;
+    let (found, next) = registry.referrers(&name, &subject, artifact_type.as_deref(), &page).await?;
     let manifests: Vec<Value> = found
         .into_iter()
         .map(|r| {
@@ -98,5 +108,8 @@ pub(super) async fn referrers(
     if artifact_type.is_some() {
         response.insert_header(("OCI-Filters-Applied", "artifactType"));
     }
+    // The next page keeps the filter.
+    let filter = artifact_type.as_deref().map(|t| ("artifactType", t));
+    link(&mut response, req.path(), filter, &page, next.as_deref());
     Ok(response.body(body.to_string()))
 }

@@ -3,7 +3,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use aerugo_oci::Reference;
-use aerugo_oci::manifest::MAX_MANIFEST_BYTES;
+use aerugo_oci::manifest::{DOCKER_MANIFEST_LIST, MAX_MANIFEST_BYTES, OCI_INDEX};
 use futures_util::StreamExt;
 
 use super::{header as header_value, repo_name};
@@ -27,16 +27,53 @@ fn found(manifest: StoredManifest) -> HttpResponse {
         .body(manifest.payload)
 }
 
-pub(super) async fn get(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
+/// Whether a client whose `Accept` is `accept` takes a manifest of `media_type`. Single-image
+/// manifests are served as stored whatever the client names (as Distribution does). An index
+/// (OCI index, Docker manifest list) is served only to a client that names its type, a
+/// wildcard, or nothing: one that names only single-image types cannot read an index, and gets
+/// `404 MANIFEST_UNKNOWN` (Distribution answers such clients with the default platform's
+/// manifest instead; Aerugo does not pick a platform for a client that did not ask for one).
+fn acceptable(accept: &[&str], media_type: &str) -> bool {
+    if media_type != OCI_INDEX && media_type != DOCKER_MANIFEST_LIST {
+        return true;
+    }
+    let mut named = accept.iter().flat_map(|v| v.split(',')).map(|t| t.split(';').next().unwrap_or("").trim());
+    let mut any = false;
+    let found = named.any(|t| {
+        any |= !t.is_empty();
+        t == media_type || t == "*/*" || t == "application/*"
+    });
+    found || !any
+}
+
+pub(super) async fn get(
+    registry: web::Data<Registry>,
+    caller: Caller,
+    path: Path,
+    req: HttpRequest,
+) -> Result<HttpResponse> {
     let (name, reference) = parse(&path)?;
     let view = registry.cache().view(name.as_str()).await;
     caller.authorize_in(&view, &name, Action::Pull).await?;
-    Ok(found(registry.manifest(&view, &reference).await?))
+    let manifest = registry.manifest(&view, &reference).await?;
+    let accept: Vec<&str> = req.headers().get_all(header::ACCEPT).filter_map(|v| v.to_str().ok()).collect();
+    if !acceptable(&accept, &manifest.media_type) {
+        return Err(RegistryError::ManifestUnknown(format!(
+            "{reference} is a {}, which the request's Accept does not name",
+            manifest.media_type
+        )));
+    }
+    Ok(found(manifest))
 }
 
-pub(super) async fn head(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
+pub(super) async fn head(
+    registry: web::Data<Registry>,
+    caller: Caller,
+    path: Path,
+    req: HttpRequest,
+) -> Result<HttpResponse> {
     // The payload is small and already loaded; actix sends its length but not its bytes.
-    get(registry, caller, path).await
+    get(registry, caller, path, req).await
 }
 
 pub(super) async fn put(
@@ -81,4 +118,22 @@ pub(super) async fn delete(registry: web::Data<Registry>, caller: Caller, path: 
     let actor = caller.authorize(&name, Action::Delete).await?;
     registry.delete_manifest(&name, &reference, &actor).await?;
     Ok(HttpResponse::Accepted().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_go_to_clients_that_name_them_single_manifests_to_everyone() {
+        let single = aerugo_oci::manifest::OCI_MANIFEST;
+        assert!(acceptable(&[], OCI_INDEX), "no Accept: as stored");
+        assert!(acceptable(&["*/*"], OCI_INDEX));
+        assert!(acceptable(&[&format!("{single}, {OCI_INDEX};q=0.5")], OCI_INDEX));
+        assert!(acceptable(&[single, OCI_INDEX], OCI_INDEX), "over two header lines");
+        assert!(!acceptable(&[single], OCI_INDEX));
+        assert!(!acceptable(&[DOCKER_MANIFEST_LIST], OCI_INDEX), "another index type is not this one");
+        assert!(!acceptable(&[aerugo_oci::manifest::DOCKER_MANIFEST], DOCKER_MANIFEST_LIST));
+        assert!(acceptable(&[aerugo_oci::manifest::DOCKER_MANIFEST], single), "single manifests as stored");
+    }
 }

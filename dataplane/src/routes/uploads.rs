@@ -65,7 +65,17 @@ pub(super) async fn start(
         _ => None,
     };
     Ok(match registry.start_upload(&name, &actor, mount, monolithic).await? {
-        StartUpload::Session(p) => progress(actix_web::http::StatusCode::ACCEPTED, &p),
+        StartUpload::Session(p) => {
+            let mut response = progress(actix_web::http::StatusCode::ACCEPTED, &p);
+            // "the registry MAY include an OCI-Chunk-Min-Length header": chunks below S3's part
+            // size are buffered between requests.
+            if let Some(min) = registry.chunk_min_length()
+                && let Ok(value) = header::HeaderValue::from_str(&min.to_string())
+            {
+                response.headers_mut().insert(header::HeaderName::from_static("oci-chunk-min-length"), value);
+            }
+            response
+        }
         StartUpload::Done { digest, location } => created(&location, digest.as_str()),
     })
 }

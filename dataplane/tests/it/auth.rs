@@ -69,15 +69,17 @@ async fn the_token_endpoint_grants_only_what_the_caller_holds() {
     assert_eq!(pulled.status, StatusCode::OK);
     let pushed = push_blob_as(&app, &bearer, "acme/app", b"by token").await;
     assert_eq!(pushed, StatusCode::CREATED);
-    // Not granted: alice has no rights in globex, and the token says so: 403 with the scope to
-    // ask for (RFC 6750 insufficient_scope).
+    // Not grantable: alice has no rights in globex, so no token could allow it: 403 DENIED
+    // (asking the token endpoint again would loop).
     let other = send_as(&app, &bearer, TestRequest::get().uri("/v2/globex/app/manifests/v1")).await;
     assert_eq!(other.status, StatusCode::FORBIDDEN);
     assert_eq!(other.error_code(), "DENIED");
-    assert!(challenge(&other).ends_with(r#",scope="repository:globex/app:pull",error="insufficient_scope""#));
-    // Asked for pull,push only: delete is not in the token even though alice owns acme.
+    // Grantable but not in the token (asked for pull,push; alice owns acme): the docker token
+    // specification's answer, "401 Unauthorized … WWW-Authenticate … error="insufficient_scope"",
+    // naming the scope to ask for; clients fetch a new token only after a 401.
     let delete = send_as(&app, &bearer, TestRequest::delete().uri("/v2/acme/app/manifests/v1")).await;
-    assert_eq!(delete.status, StatusCode::FORBIDDEN);
+    assert_eq!(delete.status, StatusCode::UNAUTHORIZED);
+    assert!(challenge(&delete).ends_with(r#",scope="repository:acme/app:delete",error="insufficient_scope""#));
     // With a token for the scope, the same request goes through.
     let wider = token(&app, Some(&alice.basic), &["repository:acme/app:delete"]).await;
     let tag_gone = send_as(&app, &wider, TestRequest::delete().uri("/v2/acme/app/manifests/v1")).await;
@@ -215,16 +217,20 @@ async fn tampered_expired_foreign_and_attenuated_tokens() {
         attenuate(&raw, &Restriction { actions: Some(Actions::PULL), ..Restriction::default() }).expect("attenuate");
     let pull_only = format!("Bearer {pull_only}");
     assert_eq!(get_manifest(&app, pull_only.clone()).await.0, StatusCode::OK);
-    assert_eq!(push_blob_as(&app, &pull_only, "acme/app", b"narrowed").await, StatusCode::FORBIDDEN);
+    // (401: a token for push would be granted to alice, so the client should ask for one.)
+    assert_eq!(push_blob_as(&app, &pull_only, "acme/app", b"narrowed").await, StatusCode::UNAUTHORIZED);
     assert_eq!(push_blob_as(&app, &bearer, "acme/app", b"wide").await, StatusCode::CREATED);
     // Attenuated to an earlier expiry that has passed: the issuer's token is still valid, but
-    // the holder's check no longer lets it grant anything (403; an issuer-expired token is 401).
+    // the holder's check no longer lets it grant anything (401 insufficient_scope: a fresh
+    // token would be granted).
     let short = attenuate(
         &raw,
         &Restriction { expires_at: Some(SystemTime::now() - Duration::from_secs(1)), ..Restriction::default() },
     )
     .expect("attenuate");
-    assert_eq!(get_manifest(&app, format!("Bearer {short}")).await.0, StatusCode::FORBIDDEN);
+    let (status, challenge) = get_manifest(&app, format!("Bearer {short}")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(challenge.contains(r#"error="insufficient_scope""#), "{challenge}");
     // Attenuated "beyond its rights": a holder's block claiming more grants nothing.
     let unverified = biscuit_auth::UnverifiedBiscuit::from_base64(&raw).expect("parse");
     let widened = unverified
@@ -235,7 +241,7 @@ async fn tampered_expired_foreign_and_attenuated_tokens() {
     let foreign_pull = send_as(&app, &widened, TestRequest::get().uri("/v2/globex/app/manifests/v1")).await;
     assert_eq!(foreign_pull.status, StatusCode::FORBIDDEN);
     let delete = send_as(&app, &widened, TestRequest::delete().uri("/v2/acme/app/manifests/v1")).await;
-    assert_eq!(delete.status, StatusCode::FORBIDDEN);
+    assert_eq!(delete.status, StatusCode::UNAUTHORIZED, "not granted by the token; alice may ask for it");
 }
 
 /// Creates an API key for `user` through the management API; returns (key id, `Basic` value).
@@ -516,4 +522,41 @@ async fn rate_limits_refuse_with_429_and_retry_after() {
     assert!(text.contains("aerugo_rate_limited_total{limit=\"organization\"} 1"), "{text}");
     assert!(text.contains("aerugo_rate_limited_total{limit=\"token\"} 1"), "{text}");
     assert!(text.contains("status=\"429\""), "429s are counted as requests too");
+}
+
+/// The docker token specification: a request whose token lacks the scope gets "401 Unauthorized"
+/// with "WWW-Authenticate: Bearer realm=…,service=…,scope=…,error="insufficient_scope"", and the
+/// client asks for a token with that scope. A client that reuses one token across repositories
+/// (its first push to a second repository) then succeeds after one round trip; what no token
+/// could grant (a pull-only key asking to push; another tenant's repository; an immutable tag)
+/// stays `403 DENIED`, so the client does not loop.
+#[actix_web::test]
+async fn a_token_without_the_scope_is_401_insufficient_scope_and_a_new_token_succeeds() {
+    let (reg, alice, _) = tenants().await;
+    let app = raw_app(&reg).await;
+    let first = token(&app, Some(&alice.basic), &["repository:acme/app:pull,push"]).await;
+    assert_eq!(push_blob_as(&app, &first, "acme/app", b"first").await, StatusCode::CREATED);
+    // The same token reused for a second repository of hers (missing yet: a push creates it).
+    let reused = send_as(&app, &first, TestRequest::post().uri("/v2/acme/second/blobs/uploads/")).await;
+    assert_eq!(reused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reused.error_code(), "UNAUTHORIZED");
+    let challenge = challenge(&reused);
+    assert!(challenge.starts_with(r#"Bearer realm=""#) && challenge.contains(r#"service="aerugo""#), "{challenge}");
+    assert!(challenge.ends_with(r#",scope="repository:acme/second:pull,push",error="insufficient_scope""#));
+    // The client asks for what the challenge names, and the push goes through.
+    let scope = challenge.split("scope=\"").nth(1).and_then(|s| s.split('"').next()).expect("scope");
+    let second = token(&app, Some(&alice.basic), &[scope]).await;
+    assert_eq!(push_blob_as(&app, &second, "acme/second", b"second").await, StatusCode::CREATED);
+
+    // A pull-only key: its token can never push, so 403, not a challenge to loop on.
+    let (_, pull_key) = api_key(&app, &alice, json!([{ "repositories": "acme/**", "actions": ["pull"] }]), None).await;
+    let asked = token(&app, Some(&pull_key), &["repository:acme/app:pull,push"]).await;
+    let refused = send_as(&app, &asked, TestRequest::post().uri("/v2/acme/app/blobs/uploads/")).await;
+    assert_eq!((refused.status, refused.error_code().as_str()), (StatusCode::FORBIDDEN, "DENIED"));
+    // Another tenant's repository, existing or not: the same 403 (isolation: indistinguishable).
+    for repo in ["globex/app", "globex/never-pushed"] {
+        let other = send_as(&app, &first, TestRequest::get().uri(&format!("/v2/{repo}/manifests/v1"))).await;
+        assert_eq!((other.status, other.error_code().as_str()), (StatusCode::FORBIDDEN, "DENIED"), "{repo}");
+        assert!(other.header("www-authenticate").is_none(), "{repo}");
+    }
 }

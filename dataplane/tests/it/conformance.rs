@@ -39,19 +39,37 @@ async fn pull_manifest_by_tag_and_digest() {
 }
 
 /// "If the manifest is not found in the repository, the response code MUST be 404 Not Found."
+/// Also in a repository that does not exist yet but that the caller could push to: by tag and
+/// by digest, GET and HEAD, `404 MANIFEST_UNKNOWN`; the same for a missing
+/// blob ("If the blob is not found in the registry, the response code MUST be 404 Not Found"),
+/// `BLOB_UNKNOWN`.
 #[actix_web::test]
 async fn pull_missing_manifest_is_404_manifest_unknown() {
     let reg = fs_registry().await;
     let app = app(&reg).await;
     push_image(&app, "pull/missing", "here", 1).await;
-    for reference in ["absent", Digest::sha256_of(b"x").as_str()] {
-        let reply = call(&app, Method::GET, &format!("/v2/pull/missing/manifests/{reference}")).await;
-        assert_eq!(reply.status, StatusCode::NOT_FOUND);
-        assert_eq!(reply.error_code(), "MANIFEST_UNKNOWN");
+    let absent = Digest::sha256_of(b"x");
+    for repo in ["pull/missing", "pull/never-pushed", "never/pushed"] {
+        for reference in ["absent", absent.as_str()] {
+            let uri = format!("/v2/{repo}/manifests/{reference}");
+            let reply = call(&app, Method::GET, &uri).await;
+            assert_eq!(
+                (reply.status, reply.error_code().as_str()),
+                (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"),
+                "{uri}"
+            );
+            // (actix-http sends no body for HEAD on the wire.)
+            assert_eq!(call(&app, Method::HEAD, &uri).await.status, StatusCode::NOT_FOUND, "HEAD {uri}");
+        }
+        let uri = format!("/v2/{repo}/blobs/{absent}");
+        let reply = call(&app, Method::GET, &uri).await;
+        assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"), "{uri}");
+        assert_eq!(call(&app, Method::HEAD, &uri).await.status, StatusCode::NOT_FOUND, "HEAD {uri}");
     }
-    let reply = call(&app, Method::GET, "/v2/never/pushed/manifests/latest").await;
-    assert_eq!(reply.status, StatusCode::NOT_FOUND);
-    assert_eq!(reply.error_code(), "NAME_UNKNOWN");
+    // Listing the tags of a repository that does not exist is NAME_UNKNOWN ("If the repository
+    // does not exist … 404").
+    let reply = call(&app, Method::GET, "/v2/never/pushed/tags/list").await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::NOT_FOUND, "NAME_UNKNOWN"));
 }
 
 /// "A HEAD request to an existing manifest or blob URL MUST return 200 OK. A successful
@@ -260,6 +278,80 @@ async fn referrers_api() {
     assert_eq!(reply.header("content-type"), Some(OCI_INDEX));
     assert_eq!(reply.header("oci-filters-applied"), Some("artifactType"));
     assert_eq!(reply.json()["schemaVersion"], json!(2));
+    // Also in a repository that does not exist yet.
+    let reply = call(&app, Method::GET, &format!("/v2/disc/none-yet/referrers/{}", Digest::sha256_of(b"s"))).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["manifests"], json!([]));
+}
+
+/// "If the referrers list is large, the registry MAY paginate … the Link header … MUST be set
+/// according to RFC5988 with the Relation Type rel="next"." Following every `Link` (the filter
+/// kept) yields each referrer once.
+#[actix_web::test]
+async fn referrers_are_paginated_with_link() {
+    let reg = fs_registry().await;
+    let app = app(&reg).await;
+    let subject = push_image(&app, "disc/many", "v1", 1).await;
+    let subject_len = call(&app, Method::GET, "/v2/disc/many/manifests/v1").await.body.len();
+    let empty = push_blob(&app, "disc/many", b"{}").await;
+    let mut pushed = Vec::new();
+    for i in 0..7 {
+        let artifact_type = if i % 2 == 0 { "application/vnd.example.sig" } else { "application/vnd.example.sbom" };
+        let body = serde_json::to_vec(&json!({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+            "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2}],
+            "subject": {"mediaType": OCI_MANIFEST, "digest": subject, "size": subject_len},
+            "annotations": {"i": i.to_string()},
+        }))
+        .expect("json");
+        let digest = Digest::sha256_of(&body);
+        assert_eq!(
+            put_manifest(&app, "disc/many", digest.as_str(), OCI_MANIFEST, &body).await.status,
+            StatusCode::CREATED
+        );
+        pushed.push((digest.to_string(), artifact_type));
+    }
+    for (filter, expected) in [
+        (None, pushed.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>()),
+        (
+            Some("application/vnd.example.sig"),
+            pushed.iter().filter(|(_, t)| t.ends_with("sig")).map(|(d, _)| d.clone()).collect(),
+        ),
+    ] {
+        let mut uri = match filter {
+            Some(t) => format!("/v2/disc/many/referrers/{subject}?artifactType={t}&n=2"),
+            None => format!("/v2/disc/many/referrers/{subject}?n=2"),
+        };
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let reply = call(&app, Method::GET, &uri).await;
+            assert_eq!(reply.status, StatusCode::OK);
+            let page: Vec<String> = reply.json()["manifests"]
+                .as_array()
+                .expect("manifests")
+                .iter()
+                .map(|m| m["digest"].as_str().expect("digest").to_owned())
+                .collect();
+            assert!(page.len() <= 2, "{uri}");
+            seen.extend(page);
+            match reply.header("link") {
+                Some(link) => {
+                    assert!(link.ends_with(r#">; rel="next""#), "{link}");
+                    if filter.is_some() {
+                        assert!(link.contains("artifactType="), "the next page keeps the filter: {link}");
+                    }
+                    uri = link.trim_start_matches('<').split('>').next().expect("uri").to_owned();
+                }
+                None => break,
+            }
+        }
+        let (mut got, mut want) = (seen.clone(), expected.clone());
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "every referrer once ({filter:?})");
+        assert_eq!(seen.len(), expected.len());
+    }
 }
 
 // --- Content management ---------------------------------------------------------------------
@@ -305,4 +397,114 @@ async fn error_bodies_have_code_message_detail() {
     assert!(error["code"].is_string() && error["message"].is_string());
     assert!(error.as_object().is_some_and(|o| o.contains_key("detail")));
     assert_eq!(reply.header("content-type"), Some("application/json"));
+}
+
+/// "If a chunk is uploaded out of order, the registry MUST respond with a 416 Requested Range
+/// Not Satisfiable" — overlapping chunks too — with the current `Range` and `Location`; the
+/// session survives, and "the closing PUT request … MAY include the last chunk", with or
+/// without a `Content-Range`, which must start where the session stands.
+#[actix_web::test]
+async fn out_of_order_and_overlapping_chunks_are_416_and_a_closing_put_may_carry_the_last() {
+    let reg = fs_registry().await;
+    let app = app(&reg).await;
+    let data = bytes_of(3000, 21);
+    let digest = Digest::sha256_of(&data);
+    let patch = |location: &str, range: &str, body: &[u8]| {
+        TestRequest::patch().uri(location).insert_header(("content-range", range.to_owned())).set_payload(body.to_vec())
+    };
+    let location = start_upload(&app, "push/chunks").await;
+    let first = send(&app, patch(&location, "0-999", &data[..1000])).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let location = first.header("location").expect("location").to_owned();
+    for (range, body) in [("500-1499", &data[500..1500]), ("2000-2999", &data[2000..]), ("0-999", &data[..1000])] {
+        let refused = send(&app, patch(&location, range, body)).await;
+        assert_eq!(refused.status, StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+        assert_eq!(refused.header("range"), Some("0-999"), "{range}");
+        assert!(refused.header("location").is_some(), "{range}");
+    }
+    // A closing PUT whose chunk overlaps is refused the same way, and the session survives it.
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let overlapping = send(
+        &app,
+        TestRequest::put()
+            .uri(&format!("{location}{sep}digest={digest}"))
+            .insert_header(("content-range", "500-2999"))
+            .set_payload(data[500..].to_vec()),
+    )
+    .await;
+    assert_eq!(overlapping.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(overlapping.header("range"), Some("0-999"));
+    let done = send(
+        &app,
+        TestRequest::put()
+            .uri(&format!("{location}{sep}digest={digest}"))
+            .insert_header(("content-range", "1000-2999"))
+            .set_payload(data[1000..].to_vec()),
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::CREATED);
+    assert_eq!(call(&app, Method::GET, &format!("/v2/push/chunks/blobs/{digest}")).await.body, data);
+
+    // A closing PUT with its last chunk and no Content-Range.
+    let other = bytes_of(2500, 22);
+    let other_digest = Digest::sha256_of(&other);
+    let location = start_upload(&app, "push/chunks").await;
+    let first = send(&app, patch(&location, "0-1199", &other[..1200])).await;
+    let location = first.header("location").expect("location").to_owned();
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let done = send(
+        &app,
+        TestRequest::put().uri(&format!("{location}{sep}digest={other_digest}")).set_payload(other[1200..].to_vec()),
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::CREATED);
+    assert_eq!(call(&app, Method::GET, &format!("/v2/push/chunks/blobs/{other_digest}")).await.body, other);
+}
+
+/// Content negotiation: "Clients SHOULD include an Accept header indicating which manifest
+/// content types it supports", and the response's `Content-Type` names the stored type. An index
+/// goes to clients that name its type (or a wildcard, or send no Accept); a client that names only
+/// single-image manifests cannot read it and gets `404 MANIFEST_UNKNOWN` (docs/ARCHITECTURE.md,
+/// conformance notes). Single-image manifests are served as stored to every client.
+#[actix_web::test]
+async fn manifest_get_and_head_honour_accept_for_indexes() {
+    let reg = fs_registry().await;
+    let app = app(&reg).await;
+    let child = push_image(&app, "neg/multi", "amd64", 1).await;
+    let child_size = call(&app, Method::GET, "/v2/neg/multi/manifests/amd64").await.body.len();
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": child, "size": child_size, "platform": {"os": "linux", "architecture": "amd64"}}],
+    }))
+    .expect("json");
+    assert_eq!(put_manifest(&app, "neg/multi", "v1", OCI_INDEX, &index).await.status, StatusCode::CREATED);
+    let get = |accept: Option<&'static str>, method: Method| {
+        let mut req = TestRequest::default().method(method).uri("/v2/neg/multi/manifests/v1");
+        if let Some(accept) = accept {
+            req = req.insert_header(("accept", accept));
+        }
+        send(&app, req)
+    };
+    for method in [Method::GET, Method::HEAD] {
+        for accept in [
+            None,
+            Some(OCI_INDEX),
+            Some("*/*"),
+            Some("application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json"),
+        ] {
+            let reply = get(accept, method.clone()).await;
+            assert_eq!(reply.status, StatusCode::OK, "{method} {accept:?}");
+            assert_eq!(reply.header("content-type"), Some(OCI_INDEX), "{method} {accept:?}");
+        }
+        let single_only = get(Some(OCI_MANIFEST), method.clone()).await;
+        assert_eq!(single_only.status, StatusCode::NOT_FOUND, "{method}");
+        if method == Method::GET {
+            assert_eq!(single_only.error_code(), "MANIFEST_UNKNOWN");
+        }
+        // The image itself goes to any client, as stored.
+        let mut req = TestRequest::default().method(method.clone()).uri("/v2/neg/multi/manifests/amd64");
+        req = req.insert_header(("accept", "application/vnd.docker.distribution.manifest.v2+json"));
+        let image = send(&app, req).await;
+        assert_eq!((image.status, image.header("content-type")), (StatusCode::OK, Some(OCI_MANIFEST)));
+    }
 }

@@ -248,7 +248,7 @@ async fn organizations_members_and_repositories() {
     );
     let gone = send_as(&app, &alice.basic, TestRequest::get().uri("/v2/acme/team/app/manifests/v1")).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
-    assert_eq!(gone.error_code(), "NAME_UNKNOWN");
+    assert_eq!(gone.error_code(), "MANIFEST_UNKNOWN");
 
     // Removing a member takes their access away.
     assert_eq!(

@@ -247,3 +247,51 @@ async fn unreachable_s3_fails_clearly_and_records_nothing() {
     }
     assert_eq!(call(&app, Method::HEAD, &format!("/v2/down/app/blobs/{digest}")).await.status, StatusCode::NOT_FOUND);
 }
+
+/// "The registry MAY include an OCI-Chunk-Min-Length header" on a new session: on S3 the part
+/// minimum (smaller chunks are buffered between requests; the filesystem store has none). Blob
+/// HEAD carries `Content-Length` and `Docker-Content-Digest`, and a `Range` read is `206` with
+/// `Content-Range` both streamed (Proxy) and at the presigned URL a pull is redirected to.
+#[actix_web::test]
+async fn chunk_minimum_head_headers_and_ranges_on_s3() {
+    let config = require_s3!();
+    let db = fresh_db().await;
+    let proxied = app(&s3_registry(&db, &config, RedirectMode::Proxy).await).await;
+    let presigned = app(&s3_registry(&db, &config, RedirectMode::Presign).await).await;
+    let session = call(&proxied, Method::POST, "/v2/s3/edges/blobs/uploads/").await;
+    assert_eq!(session.status, StatusCode::ACCEPTED);
+    assert_eq!(session.header("oci-chunk-min-length"), Some("5242880"));
+    let fs = fs_registry().await;
+    let on_fs = call(&app(&fs).await, Method::POST, "/v2/fs/edges/blobs/uploads/").await;
+    assert!(on_fs.header("oci-chunk-min-length").is_none(), "the filesystem store takes any chunk");
+
+    let data = bytes_of(300_000, 31);
+    let digest = push_blob(&proxied, "s3/edges", &data).await;
+    for node in [&proxied, &presigned] {
+        let head = call(node, Method::HEAD, &format!("/v2/s3/edges/blobs/{digest}")).await;
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.header("content-length"), Some("300000"));
+        assert_eq!(head.header("docker-content-digest"), Some(digest.as_str()));
+    }
+    let ranged = |node| {
+        send(
+            node,
+            TestRequest::get().uri(&format!("/v2/s3/edges/blobs/{digest}")).insert_header(("range", "bytes=1000-1999")),
+        )
+    };
+    let part = ranged(&proxied).await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.header("content-range"), Some("bytes 1000-1999/300000"));
+    assert_eq!(part.body, data[1000..2000]);
+    let redirect = ranged(&presigned).await;
+    assert_eq!(redirect.status, StatusCode::TEMPORARY_REDIRECT);
+    let url = redirect.header("location").expect("location").to_owned();
+    let fetched = tokio::process::Command::new("curl")
+        .args(["-sf", "-D", "-", "-r", "1000-1999", "-o", "/dev/null", &url])
+        .output()
+        .await
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&fetched.stdout).to_lowercase();
+    assert!(headers.starts_with("http/1.1 206"), "{headers}");
+    assert!(headers.contains("content-range: bytes 1000-1999/300000"), "{headers}");
+}
