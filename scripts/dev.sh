@@ -250,7 +250,7 @@ cmd_run() {
 }
 
 cmd_test() {
-  apt_install skopeo podman buildah curl python3-pip git nginx
+  apt_install skopeo podman buildah curl python3-pip git nginx openssl
   # kubectl drives the API emulator in one test: the machine's if it has one, else Debian's.
   command -v kubectl >/dev/null || apt_install kubernetes-client
   pip_install oras oras

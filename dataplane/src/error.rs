@@ -91,6 +91,14 @@ pub enum RegistryError {
         /// What was wrong (never which part of a credential).
         detail: String,
     },
+    /// 403 `DENIED` with a challenge naming the scope (RFC 6750's `insufficient_scope`): a
+    /// valid token whose holder could not get a token allowing the request either. The
+    /// challenge lets clients that refresh only after a 403 (oras-py) try once, then stop.
+    #[error("requested access to the resource is denied")]
+    DeniedWithChallenge {
+        /// `WWW-Authenticate` header value naming the scope needed.
+        challenge: String,
+    },
     /// 429 `TOOMANYREQUESTS` with `Retry-After`: over a rate limit, or too many failed logins.
     #[error("too many requests, retry later")]
     TooManyRequests {
@@ -131,7 +139,7 @@ impl RegistryError {
             Self::TagInvalid(_) => "TAG_INVALID",
             Self::SizeInvalid { .. } => "SIZE_INVALID",
             Self::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
-            Self::Denied(_) | Self::OverQuota(_) | Self::ImmutableTag(_) => "DENIED",
+            Self::Denied(_) | Self::OverQuota(_) | Self::ImmutableTag(_) | Self::DeniedWithChallenge { .. } => "DENIED",
             Self::Unsupported(_) => "UNSUPPORTED",
             Self::Unauthorized { .. } => "UNAUTHORIZED",
             Self::TooManyRequests { .. } => "TOOMANYREQUESTS",
@@ -160,6 +168,7 @@ impl RegistryError {
             | Self::Unsupported(d)
             | Self::InvalidRequest(d) => json!(d),
             Self::Unauthorized { detail, .. } => json!(detail),
+            Self::DeniedWithChallenge { .. } => json!("no token for this scope would be granted to this caller"),
             Self::TooManyRequests { retry_after } => json!({ "retryAfterSeconds": retry_after }),
             Self::SizeInvalid { detail, .. } => json!(detail),
             Self::RangeMismatch { offset, .. } => json!({ "offset": offset }),
@@ -179,7 +188,7 @@ impl ResponseError for RegistryError {
             | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::RangeMismatch { .. } | Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::SizeInvalid { over_limit: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Denied(_) | Self::OverQuota(_) => StatusCode::FORBIDDEN,
+            Self::Denied(_) | Self::OverQuota(_) | Self::DeniedWithChallenge { .. } => StatusCode::FORBIDDEN,
             Self::ImmutableTag(_) => StatusCode::CONFLICT,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -210,7 +219,7 @@ impl ResponseError for RegistryError {
             Self::Unavailable(_) => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
-            Self::Unauthorized { challenge, .. } => {
+            Self::Unauthorized { challenge, .. } | Self::DeniedWithChallenge { challenge } => {
                 response.insert_header((header::WWW_AUTHENTICATE, challenge.as_str()));
             }
             Self::TooManyRequests { retry_after } => {

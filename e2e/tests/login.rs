@@ -210,6 +210,8 @@ async fn a_token_narrowed_offline_with_the_cli_is_honoured() {
     };
     assert_eq!(status(&token, "POST", "/v2/ops/app/blobs/uploads/"), "202");
     assert_eq!(status(&narrowed, "GET", "/v2/ops/app/tags/list"), "200");
-    assert_eq!(status(&narrowed, "POST", "/v2/ops/app/blobs/uploads/"), "403");
-    assert_eq!(status(&narrowed, "DELETE", "/v2/ops/app/manifests/v1"), "403");
+    // The narrowed token does not allow these; its holder (the administrator) could get a token
+    // that does: 401 insufficient_scope, so a client asks for one.
+    assert_eq!(status(&narrowed, "POST", "/v2/ops/app/blobs/uploads/"), "401");
+    assert_eq!(status(&narrowed, "DELETE", "/v2/ops/app/manifests/v1"), "401");
 }

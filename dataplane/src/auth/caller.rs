@@ -174,7 +174,7 @@ impl Caller {
         if grantable {
             self.insufficient_scope(scope)
         } else {
-            RegistryError::Denied("requested access to the resource is denied".into())
+            RegistryError::DeniedWithChallenge { challenge: self.challenge(Some(scope), Some("insufficient_scope")) }
         }
     }
 
