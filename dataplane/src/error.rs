@@ -99,6 +99,11 @@ pub enum RegistryError {
         /// `WWW-Authenticate` header value naming the scope needed.
         challenge: String,
     },
+    /// 404: an authenticated caller may not pull a repository (which may or may not exist).
+    /// It answers exactly as a missing repository does; the pull endpoints turn it into their
+    /// own "unknown" error with [`RegistryError::or_unknown`].
+    #[error("repository name not known to registry")]
+    NotVisible(String),
     /// 429 `TOOMANYREQUESTS` with `Retry-After`: over a rate limit, or too many failed logins.
     #[error("too many requests, retry later")]
     TooManyRequests {
@@ -124,6 +129,15 @@ pub enum RegistryError {
 pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
 
 impl RegistryError {
+    /// This error, except that a repository the caller may not pull answers as `unknown` (what
+    /// the endpoint answers for something missing), so the two cannot be told apart.
+    pub fn or_unknown(self, unknown: impl FnOnce() -> RegistryError) -> RegistryError {
+        match self {
+            RegistryError::NotVisible(_) => unknown(),
+            other => other,
+        }
+    }
+
     fn code(&self) -> &'static str {
         match self {
             Self::BlobUnknown(_) => "BLOB_UNKNOWN",
@@ -135,7 +149,7 @@ impl RegistryError {
             Self::ManifestInvalid(_) => "MANIFEST_INVALID",
             Self::ManifestUnknown(_) => "MANIFEST_UNKNOWN",
             Self::NameInvalid(_) => "NAME_INVALID",
-            Self::NameUnknown(_) => "NAME_UNKNOWN",
+            Self::NameUnknown(_) | Self::NotVisible(_) => "NAME_UNKNOWN",
             Self::TagInvalid(_) => "TAG_INVALID",
             Self::SizeInvalid { .. } => "SIZE_INVALID",
             Self::PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
@@ -160,6 +174,7 @@ impl RegistryError {
             | Self::ManifestUnknown(d)
             | Self::NameInvalid(d)
             | Self::NameUnknown(d)
+            | Self::NotVisible(d)
             | Self::TagInvalid(d)
             | Self::PaginationInvalid(d)
             | Self::Denied(d)
@@ -185,6 +200,7 @@ impl ResponseError for RegistryError {
             | Self::BlobUploadUnknown
             | Self::ManifestUnknown(_)
             | Self::NameUnknown(_)
+            | Self::NotVisible(_)
             | Self::NoRoute => StatusCode::NOT_FOUND,
             Self::RangeMismatch { .. } | Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::SizeInvalid { over_limit: true, .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -46,6 +46,15 @@ enum Checked {
     Bearer(Arc<CachedToken>),
 }
 
+/// A final refusal of `action` on `name`: a pull answers `404` as a missing repository would
+/// (the endpoint names it), anything else `refusal` (403).
+fn hidden(name: &RepoName, action: Action, refusal: RegistryError) -> RegistryError {
+    match action {
+        Action::Pull => RegistryError::NotVisible(name.to_string()),
+        Action::Push | Action::Delete => refusal,
+    }
+}
+
 /// The client's address (see [`client_address`]).
 pub fn source_address(req: &HttpRequest, trusted_proxies: &[ipnet::IpNet]) -> Option<String> {
     let peer = req.peer_addr()?.ip();
@@ -174,7 +183,8 @@ impl Caller {
         if grantable {
             self.insufficient_scope(scope)
         } else {
-            RegistryError::DeniedWithChallenge { challenge: self.challenge(Some(scope), Some("insufficient_scope")) }
+            let challenge = self.challenge(Some(scope), Some("insufficient_scope"));
+            hidden(name, action, RegistryError::DeniedWithChallenge { challenge })
         }
     }
 
@@ -266,7 +276,11 @@ impl Caller {
                     None => Err(self.unauthorized(Some(&scope()), None, "authentication required")),
                     Some(p) => {
                         self.audit_denied(&p.actor(), name, action).await;
-                        Err(RegistryError::Denied("requested access to the resource is denied".into()))
+                        Err(hidden(
+                            name,
+                            action,
+                            RegistryError::Denied("requested access to the resource is denied".into()),
+                        ))
                     }
                 }
             }

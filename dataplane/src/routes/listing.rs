@@ -65,7 +65,10 @@ pub(super) async fn tags(
 ) -> Result<HttpResponse> {
     let name = repo_name(&path)?;
     let view = registry.cache().view(name.as_str()).await;
-    caller.authorize_in(&view, &name, Action::Pull).await?;
+    caller
+        .authorize_in(&view, &name, Action::Pull)
+        .await
+        .map_err(|e| e.or_unknown(|| RegistryError::NameUnknown(name.to_string())))?;
     let page = page(&req)?;
     let result = registry.tags(&view, &name, &page).await?;
     let body = json!({ "name": name.as_str(), "tags": result.items });
@@ -82,7 +85,10 @@ pub(super) async fn referrers(
     req: HttpRequest,
 ) -> Result<HttpResponse> {
     let (name, subject) = (repo_name(&path.0)?, digest(&path.1)?);
-    caller.authorize(&name, Action::Pull).await?;
+    caller
+        .authorize(&name, Action::Pull)
+        .await
+        .map_err(|e| e.or_unknown(|| RegistryError::NameUnknown(name.to_string())))?;
     let artifact_type = query(&req, "artifactType");
     let page = page(&req)?;
     let (found, next) = registry.referrers(&name, &subject, artifact_type.as_deref(), &page).await?;

@@ -69,11 +69,11 @@ async fn the_token_endpoint_grants_only_what_the_caller_holds() {
     assert_eq!(pulled.status, StatusCode::OK);
     let pushed = push_blob_as(&app, &bearer, "acme/app", b"by token").await;
     assert_eq!(pushed, StatusCode::CREATED);
-    // Not grantable: alice has no rights in globex, so no token could allow it: 403 DENIED,
-    // with the scope named (RFC 6750's insufficient_scope status).
+    // Not grantable: alice has no rights in globex, so no token could allow the pull, and a
+    // repository she may not pull answers as a missing one: 404 MANIFEST_UNKNOWN.
     let other = send_as(&app, &bearer, TestRequest::get().uri("/v2/globex/app/manifests/v1")).await;
-    assert_eq!(other.status, StatusCode::FORBIDDEN);
-    assert_eq!(other.error_code(), "DENIED");
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+    assert_eq!(other.error_code(), "MANIFEST_UNKNOWN");
     // Grantable but not in the token (asked for pull,push; alice owns acme): the docker token
     // specification's answer, "401 Unauthorized … WWW-Authenticate … error="insufficient_scope"",
     // naming the scope to ask for; clients fetch a new token only after a 401.
@@ -239,7 +239,7 @@ async fn tampered_expired_foreign_and_attenuated_tokens() {
         .expect("append");
     let widened = format!("Bearer {widened}");
     let foreign_pull = send_as(&app, &widened, TestRequest::get().uri("/v2/globex/app/manifests/v1")).await;
-    assert_eq!(foreign_pull.status, StatusCode::FORBIDDEN);
+    assert_eq!(foreign_pull.status, StatusCode::NOT_FOUND);
     let delete = send_as(&app, &widened, TestRequest::delete().uri("/v2/acme/app/manifests/v1")).await;
     assert_eq!(delete.status, StatusCode::UNAUTHORIZED, "not granted by the token; alice may ask for it");
 }
@@ -266,8 +266,8 @@ async fn api_keys_are_scoped_expire_and_revoke_their_tokens() {
     assert_eq!(push_blob_as(&app, &ci, "acme/ci/tools/builder", b"ci").await, StatusCode::CREATED);
     // Outside its glob the key gives nothing, though alice owns acme.
     let outside = send_as(&app, &ci, TestRequest::get().uri("/v2/acme/app/manifests/v1")).await;
-    assert_eq!(outside.status, StatusCode::FORBIDDEN);
-    assert_eq!(outside.error_code(), "DENIED");
+    assert_eq!(outside.status, StatusCode::NOT_FOUND, "what it may not pull looks missing");
+    assert_eq!(outside.error_code(), "MANIFEST_UNKNOWN");
     // The key works only with its owner's name.
     let secret = ci.clone();
     let as_bob = basic("bob", &key_from_basic(&secret));
@@ -553,11 +553,13 @@ async fn a_token_without_the_scope_is_401_insufficient_scope_and_a_new_token_suc
     let asked = token(&app, Some(&pull_key), &["repository:acme/app:pull,push"]).await;
     let refused = send_as(&app, &asked, TestRequest::post().uri("/v2/acme/app/blobs/uploads/")).await;
     assert_eq!((refused.status, refused.error_code().as_str()), (StatusCode::FORBIDDEN, "DENIED"));
-    // Another tenant's repository, existing or not: the same 403 (isolation: indistinguishable).
+    // Another tenant's repository, existing or not: a pull is 404 as if missing, a push 403
+    // with the scope named (a client that refreshes only after a 403, oras-py, tries once).
     for repo in ["globex/app", "globex/never-pushed"] {
         let other = send_as(&app, &first, TestRequest::get().uri(&format!("/v2/{repo}/manifests/v1"))).await;
-        assert_eq!((other.status, other.error_code().as_str()), (StatusCode::FORBIDDEN, "DENIED"), "{repo}");
-        // The challenge lets a client that refreshes only after a 403 (oras-py) try once.
-        assert!(challenge(&other).contains(r#"error="insufficient_scope""#), "{repo}");
+        assert_eq!((other.status, other.error_code().as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"), "{repo}");
+        let push = send_as(&app, &first, TestRequest::post().uri(&format!("/v2/{repo}/blobs/uploads/"))).await;
+        assert_eq!((push.status, push.error_code().as_str()), (StatusCode::FORBIDDEN, "DENIED"), "{repo}");
+        assert!(challenge(&push).contains(r#"error="insufficient_scope""#), "{repo}");
     }
 }

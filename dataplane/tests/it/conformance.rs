@@ -508,3 +508,48 @@ async fn manifest_get_and_head_honour_accept_for_indexes() {
         assert_eq!((image.status, image.header("content-type")), (StatusCode::OK, Some(OCI_MANIFEST)));
     }
 }
+
+/// "If the manifest is not found in the repository, the response code MUST be 404 Not Found",
+/// and a repository the caller may not pull is one it cannot find: another tenant's, existing
+/// or not, answers every pull endpoint with the same `404` and the endpoint's code, for a
+/// password (Basic) and for a token; only anonymous callers get `401` (so they can log in).
+#[actix_web::test]
+async fn a_repository_the_caller_may_not_pull_is_404_like_a_missing_one() {
+    let reg = fs_registry().await;
+    let alice = seed_user(&reg.database_url, "alice", false).await;
+    seed_user(&reg.database_url, "bob", false).await;
+    seed_org(&reg.database_url, "acme", "alice").await;
+    seed_org(&reg.database_url, "globex", "bob").await;
+    let admin = app(&reg).await;
+    let digest = push_image(&admin, "globex/secret", "v1", 1).await;
+    let app = raw_app(&reg).await;
+    let bearer = token(&app, Some(&alice.basic), &["repository:globex/secret:pull"]).await;
+    for auth in [alice.basic.as_str(), bearer.as_str()] {
+        for (path, code) in [
+            ("manifests/v1", "MANIFEST_UNKNOWN"),
+            (&format!("manifests/{digest}") as &str, "MANIFEST_UNKNOWN"),
+            (&format!("blobs/{digest}") as &str, "BLOB_UNKNOWN"),
+            ("tags/list", "NAME_UNKNOWN"),
+            (&format!("referrers/{digest}") as &str, "NAME_UNKNOWN"),
+        ] {
+            let mut seen = Vec::new();
+            for repo in ["globex/secret", "globex/absent"] {
+                let reply = send_as(&app, auth, TestRequest::get().uri(&format!("/v2/{repo}/{path}"))).await;
+                assert_eq!(reply.status, StatusCode::NOT_FOUND, "{repo}/{path}");
+                assert_eq!(reply.error_code(), code, "{repo}/{path}");
+                seen.push((reply.status, reply.body.clone()));
+                let head =
+                    send_as(&app, auth, TestRequest::default().method(Method::HEAD).uri(&format!("/v2/{repo}/{path}")))
+                        .await;
+                if !path.starts_with("tags") && !path.starts_with("referrers") {
+                    assert_eq!(head.status, StatusCode::NOT_FOUND, "HEAD {repo}/{path}");
+                }
+            }
+            let strip =
+                |b: &[u8]| String::from_utf8_lossy(b).replace("globex/secret", "X").replace("globex/absent", "X");
+            assert_eq!(strip(&seen[0].1), strip(&seen[1].1), "{path}: existing and missing answer alike");
+        }
+    }
+    let anonymous = call(&app, Method::GET, "/v2/globex/secret/manifests/v1").await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}
