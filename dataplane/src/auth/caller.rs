@@ -226,6 +226,17 @@ impl Caller {
         self.authorize_with(name, action, Some(view)).await
     }
 
+    /// [`Caller::authorize_in`] for a pull: a repository the caller may not pull answers
+    /// `unknown()`, what the endpoint answers for something missing.
+    pub async fn authorize_pull(
+        &self,
+        view: &View<'_>,
+        name: &RepoName,
+        unknown: impl FnOnce() -> RegistryError,
+    ) -> Result<Actor> {
+        self.authorize_with(name, Action::Pull, Some(view)).await.map_err(|e| e.or_unknown(unknown))
+    }
+
     async fn authorize_with(&self, name: &RepoName, action: Action, view: Option<&View<'_>>) -> Result<Actor> {
         // Built only for a refusal: the allowed path does not allocate it.
         let scope = || {

@@ -16,10 +16,7 @@ type Path = web::Path<(String, String)>;
 pub(super) async fn head(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
     let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
     let view = registry.cache().view(name.as_str()).await;
-    caller
-        .authorize_in(&view, &name, Action::Pull)
-        .await
-        .map_err(|e| e.or_unknown(|| RegistryError::BlobUnknown(digest.to_string())))?;
+    caller.authorize_pull(&view, &name, || RegistryError::BlobUnknown(digest.to_string())).await?;
     let blob = registry.blob(&view, &digest).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
@@ -37,10 +34,7 @@ pub(super) async fn get(
 ) -> Result<HttpResponse> {
     let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
     let view = registry.cache().view(name.as_str()).await;
-    caller
-        .authorize_in(&view, &name, Action::Pull)
-        .await
-        .map_err(|e| e.or_unknown(|| RegistryError::BlobUnknown(digest.to_string())))?;
+    caller.authorize_pull(&view, &name, || RegistryError::BlobUnknown(digest.to_string())).await?;
     let (blob, body) = registry.read_blob(&view, &digest, header_value(&req, "range")).await?;
     let size = u64::try_from(blob.size).unwrap_or(0);
     Ok(match body {

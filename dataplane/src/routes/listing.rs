@@ -65,10 +65,7 @@ pub(super) async fn tags(
 ) -> Result<HttpResponse> {
     let name = repo_name(&path)?;
     let view = registry.cache().view(name.as_str()).await;
-    caller
-        .authorize_in(&view, &name, Action::Pull)
-        .await
-        .map_err(|e| e.or_unknown(|| RegistryError::NameUnknown(name.to_string())))?;
+    caller.authorize_pull(&view, &name, || RegistryError::NameUnknown(name.to_string())).await?;
     let page = page(&req)?;
     let result = registry.tags(&view, &name, &page).await?;
     let body = json!({ "name": name.as_str(), "tags": result.items });

@@ -54,10 +54,7 @@ pub(super) async fn get(
 ) -> Result<HttpResponse> {
     let (name, reference) = parse(&path)?;
     let view = registry.cache().view(name.as_str()).await;
-    caller
-        .authorize_in(&view, &name, Action::Pull)
-        .await
-        .map_err(|e| e.or_unknown(|| RegistryError::ManifestUnknown(reference.to_string())))?;
+    caller.authorize_pull(&view, &name, || RegistryError::ManifestUnknown(reference.to_string())).await?;
     let manifest = registry.manifest(&view, &reference).await?;
     let accept: Vec<&str> = req.headers().get_all(header::ACCEPT).filter_map(|v| v.to_str().ok()).collect();
     if !acceptable(&accept, &manifest.media_type) {
