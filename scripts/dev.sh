@@ -185,7 +185,7 @@ build() {
   cargo build --workspace --bins "$@"
 }
 
-# Whether something already answers HTTP on host:port.
+# Whether something already accepts connections on host:port.
 listening() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}") 2>/dev/null; }
 
 cmd_run() {
