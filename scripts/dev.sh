@@ -320,11 +320,23 @@ cmd_bench_operator() {
   cargo run --release -q -p aerugo-operator --example bench_reconcile -- "${1:-1000}"
 }
 
+# The collector on S3: 100,000 unreferenced blobs in Garage deleted while wrk pulls.
+cmd_bench_gc() {
+  apt_install wrk curl
+  ensure_postgres
+  build --release
+  cargo build --release -q -p aerugo-operator --example bench_gc
+  export PATH="$HOME/.cargo/bin:$PATH"
+  AERUGO_BIN=$CARGO_TARGET_DIR/release/aerugo-dataplane AERUGO_BENCH_GC=$CARGO_TARGET_DIR/release/examples/bench_gc \
+    CONNS=${CONNS:-64} "$ROOT/bench/gc.sh" "$@"
+}
+
 case "${1:-}" in
   run) cmd_run ;;
   test) cmd_test ;;
   bench) shift; cmd_bench "$@" ;;
   bench-pull) shift; cmd_bench_pull "$@" ;;
   bench-operator) shift; cmd_bench_operator "$@" ;;
-  *) echo "usage: $0 run|test|bench|bench-pull|bench-operator" >&2; exit 2 ;;
+  bench-gc) shift; cmd_bench_gc "$@" ;;
+  *) echo "usage: $0 run|test|bench|bench-pull|bench-operator|bench-gc" >&2; exit 2 ;;
 esac

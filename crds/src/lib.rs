@@ -13,7 +13,9 @@ pub use apikey::{ApiKey, ApiKeySpec, ApiKeyStatus, KeyAction, KeyScope, SecretTy
 pub use common::{LocalRef, READY, ReclaimPolicy, Visibility};
 pub use organization::{Member, Organization, OrganizationSpec, OrganizationStatus, Quota, Role};
 pub use registry::{Registry, RegistrySpec, RegistryStatus};
-pub use repository::{Access, Grant, Repository, RepositorySpec, RepositoryStatus, Retention};
+pub use repository::{
+    Access, Grant, Repository, RepositorySpec, RepositoryStatus, Retention, RetentionMode, RetentionStatus,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt as _;

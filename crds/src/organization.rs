@@ -49,6 +49,10 @@ pub struct OrganizationSpec {
     /// only). Default true.
     #[serde(default = "yes")]
     pub auto_create_repositories: bool,
+    /// The retention policy of repositories that do not set their own (a repository's
+    /// `retention` replaces it whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::repository::Retention>,
     /// Visibility of repositories that do not set their own. Default Private.
     #[serde(default)]
     pub default_visibility: Visibility,

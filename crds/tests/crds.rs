@@ -106,6 +106,7 @@ fn full_objects() -> Vec<(Value, Value)> {
                 deny_insecure_transport: true,
             }),
             auto_create_repositories: false,
+            retention: Some(Retention { keep_last: Some(20), ..Default::default() }),
             default_visibility: Visibility::Public,
             reclaim_policy: ReclaimPolicy::Delete,
         },
@@ -124,15 +125,19 @@ fn full_objects() -> Vec<(Value, Value)> {
             ],
             immutable_tags: vec!["v*".into()],
             retention: Some(Retention {
+                mode: RetentionMode::Enforce,
                 keep_last: Some(10),
                 keep_within: Some("30d".into()),
+                keep_pulled_within: Some("2w".into()),
                 tag_pattern: Some("*".into()),
+                protect: vec!["v*".into()],
+                delete_untagged: false,
             }),
             reclaim_policy: ReclaimPolicy::Delete,
         },
     ))
     .unwrap();
-    let repo_status = json!({ "repositoryId": 3, "fullName": "acme/team/app", "tagCount": 4, "sizeBytes": 100, "lastPushAt": "2026-01-01T00:00:00Z", "observedGeneration": 1, "conditions": [condition()] });
+    let repo_status = json!({ "repositoryId": 3, "fullName": "acme/team/app", "tagCount": 4, "sizeBytes": 100, "lastPushAt": "2026-01-01T00:00:00Z", "retention": { "mode": "DryRun", "ranAt": "2026-01-01T00:00:00Z", "tags": 2, "firstTags": ["b1", "b2"], "manifests": 2, "bytes": 100, "protectedInUse": 1, "protected": 0, "deleted": 0 }, "observedGeneration": 1, "conditions": [condition()] });
     let key = serde_json::to_value(ApiKey::new(
         "ci",
         ApiKeySpec {

@@ -290,6 +290,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
 
     let background = auth.clone().into_inner();
+    let pulls = registry.clone().into_inner();
     let refresh_every = auth.settings().revocation_refresh;
     actix_web::rt::spawn(async move {
         let mut ticker = tokio::time::interval(refresh_every);
@@ -304,10 +305,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 if let Err(e) = background.flush_last_used().await {
                     tracing::warn!(error = %e, "recording API key use failed");
                 }
+                if let Err(e) = pulls.flush_pulls().await {
+                    tracing::warn!(error = %e, "recording manifest pulls failed");
+                }
             }
         }
     });
 
+    let pulls_at_exit = registry.clone();
     let (app_registry, app_auth, app_metrics) = (registry.clone(), auth.clone(), metrics.clone());
     let mut server = HttpServer::new(move || server::app(app_registry.clone(), app_auth.clone(), app_metrics.clone()))
         .bind(args.listen)
@@ -326,6 +331,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     futures_util::future::try_join(server.run(), admin.run()).await?;
     if let Err(e) = auth.flush_last_used().await {
         tracing::warn!(error = %e, "recording API key use at shutdown failed");
+    }
+    if let Err(e) = pulls_at_exit.flush_pulls().await {
+        tracing::warn!(error = %e, "recording manifest pulls at shutdown failed");
     }
     Ok(())
 }

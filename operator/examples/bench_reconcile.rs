@@ -39,7 +39,7 @@ async fn main() {
     emulator.install_crds_from(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")).unwrap();
     emulator.seed(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "bench" } })).unwrap();
     let client = emulator.client();
-    let settings = Settings { registry_host: "bench".into(), resync, storage: None };
+    let settings = Settings { registry_host: "bench".into(), resync, storage: None, pods_watched: false };
     let cluster =
         ClusterContext::new(client.clone(), db.clone(), settings, Metrics::new(&prometheus::Registry::new()).unwrap());
     tokio::spawn(controller::run(cluster));

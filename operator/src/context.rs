@@ -18,6 +18,9 @@ pub struct Settings {
     /// The registry's blob storage, where Organizations' dedicated buckets are created;
     /// `None`: dedicated buckets cannot be served (such Organizations are refused).
     pub storage: Option<StorageAccess>,
+    /// The operator watches Pods (`run` in a cluster): retention and the collector delete
+    /// nothing until the digests running Pods use have been written recently.
+    pub pods_watched: bool,
 }
 
 /// How the operator reaches the registry's blob storage (the data plane's own settings).

@@ -86,10 +86,14 @@ pub trait Kind:
     fn sync(&self, ctx: &Context) -> impl Future<Output = Result<Synced<Self::Status>>> + Send;
     /// Releases what lives outside Kubernetes.
     fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<()>> + Send;
+    /// A Normal Event a change of status is worth: (action, reason, note).
+    fn notice(_before: Option<&Self::Status>, _after: &Self::Status) -> Option<(&'static str, &'static str, String)> {
+        None
+    }
 }
 
 macro_rules! kind {
-    ($ty:ty, $status:ty, $name:literal, $module:ident) => {
+    ($ty:ty, $status:ty, $name:literal, $module:ident $(, notice = $notice:path)?) => {
         impl Kind for $ty {
             type Status = $status;
             const CONTROLLER: &'static str = $name;
@@ -108,12 +112,17 @@ macro_rules! kind {
             fn cleanup(&self, ctx: &Context) -> impl Future<Output = Result<()>> + Send {
                 $module::cleanup(ctx, self)
             }
+            $(
+            fn notice(before: Option<&Self::Status>, after: &Self::Status) -> Option<(&'static str, &'static str, String)> {
+                $notice(before, after)
+            }
+            )?
         }
     };
 }
 
 kind!(Organization, aerugo_crds::OrganizationStatus, "organization", org);
-kind!(Repository, aerugo_crds::RepositoryStatus, "repository", repo);
+kind!(Repository, aerugo_crds::RepositoryStatus, "repository", repo, notice = repo::notice);
 kind!(ApiKey, aerugo_crds::ApiKeyStatus, "apikey", key);
 kind!(Registry, aerugo_crds::RegistryStatus, "registry", registry);
 
@@ -185,6 +194,18 @@ async fn apply<K: Kind>(obj: Arc<K>, cluster: &ClusterContext) -> Result<Action>
         let previous = obj.status().cloned().and_then(|mut s| {
             K::conditions(&mut s).iter().find(|c| c.type_ == READY).map(|c| (c.status.clone(), c.reason.clone()))
         });
+        if let Some((action, reason, note)) = K::notice(obj.status(), &status) {
+            let event = Event {
+                type_: EventType::Normal,
+                reason: reason.to_owned(),
+                note: Some(note.chars().take(1000).collect()),
+                action: action.into(),
+                secondary: None,
+            };
+            if let Err(e) = cluster.recorder.publish(&event, &obj.object_ref(&())).await {
+                tracing::warn!(error = %e, "could not publish an event");
+            }
+        }
         // One Event per change of what is wrong, not one per retry.
         if !readiness.ready && previous != Some(("False".to_owned(), readiness.reason.to_owned())) {
             let event = Event {

@@ -15,8 +15,10 @@ pub mod files;
 pub mod key;
 pub mod leader;
 pub mod org;
+pub mod pods;
 pub mod registry;
 pub mod repo;
+pub mod retention;
 pub mod world;
 
 pub use error::{Error, Result};

@@ -116,8 +116,15 @@ impl Storage {
     }
 }
 
-/// Blobs reviewed per collector transaction.
-const GC_BATCH: i64 = 100;
+/// Queue entries reviewed per collector transaction.
+const GC_BATCH: i64 = 1000;
+
+/// A duration as the CRDs spell them (`90s`, `15m`, `24h`, `1d`).
+fn duration(text: &str) -> std::result::Result<Duration, String> {
+    aerugo_db::retention::parse_duration(text)
+        .and_then(|d| d.try_into().ok())
+        .ok_or_else(|| format!("{text:?} is not a duration: a number and s, m, h, d or w"))
+}
 
 #[derive(Subcommand)]
 enum Command {
@@ -142,9 +149,17 @@ enum Command {
         identity: String,
         #[command(flatten)]
         storage: Storage,
-        /// Seconds between garbage collections of unreferenced blobs (with a storage).
+        /// Seconds between garbage collections (with a storage) and retention runs of
+        /// API-managed repositories (Repository objects run theirs when they reconcile).
         #[arg(long, env = "AERUGO_GC_INTERVAL_SECONDS", default_value_t = 600)]
         gc_interval_seconds: u64,
+        /// How long what became unreferenced waits before the collector reviews it: pushes in
+        /// flight finish first, and a mistaken delete can be undone by pushing again.
+        #[arg(long, env = "AERUGO_GC_REVIEW_DELAY", default_value = "1d", value_parser = duration)]
+        gc_review_delay: Duration,
+        /// Watch Pods in every namespace and never collect a digest one of them runs.
+        #[arg(long, env = "AERUGO_PROTECT_IN_USE", default_value_t = true, action = clap::ArgAction::Set)]
+        protect_in_use: bool,
         /// A Registry manifest to apply once leading (the Helm chart's default Registry).
         #[arg(long, env = "AERUGO_DEFAULT_REGISTRY_FILE")]
         default_registry_file: Option<PathBuf>,
@@ -152,13 +167,16 @@ enum Command {
         #[arg(long, env = "AERUGO_DEFAULT_REGISTRY_CONFIGMAP")]
         default_registry_configmap: Option<String>,
     },
-    /// Delete the blobs no repository references any more whose review delay has passed
-    /// (what `run` does periodically), once.
+    /// Collect the manifests and blobs nothing references any more whose review delay has
+    /// passed (what `run` does periodically), once.
     Gc {
         #[command(flatten)]
         database: Database,
         #[command(flatten)]
         storage: Storage,
+        /// Print what would go, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Reconcile the Organization, Repository and ApiKey YAML files of a directory, with no
     /// cluster; ApiKey Secrets are written as manifests under --secrets-dir.
@@ -215,6 +233,7 @@ async fn main() -> Result<()> {
                 registry_host: common.registry_host,
                 resync: Duration::from_secs(300),
                 storage: storage.access()?,
+                pods_watched: false,
             };
             let outcomes = aerugo_operator::files::apply(db, &dir, secrets_dir, settings, prune).await?;
             let mut stdout = std::io::stdout().lock();
@@ -227,13 +246,40 @@ async fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Gc { database, storage } => {
+        Command::Gc { database, storage, dry_run } => {
             let Some(store) = storage.store().await? else { bail!("no storage to collect: set AERUGO_STORAGE") };
             let db = aerugo_db::pool(&database.database_url, 2)?;
-            let collected = aerugo_operator::collector::collect(&db, &store, GC_BATCH).await?;
+            let client = db.get().await?;
+            let (synced, in_use) = aerugo_db::gc::in_use_state(&client).await?;
+            drop(client);
+            let options = aerugo_operator::collector::Options { batch: GC_BATCH, dry_run, require_in_use: false };
+            let c = aerugo_operator::collector::collect(&db, &store, options).await?;
+            let verb = if dry_run { "would delete" } else { "deleted" };
+            let mut out = std::io::stdout().lock();
+            let protection = match synced {
+                Some(at) => format!("{in_use} digests in use by Pods as of {at}"),
+                None => "no Pod has been seen: run in a cluster to protect running images".into(),
+            };
             std::io::Write::write_fmt(
-                &mut std::io::stdout(),
-                format_args!("reviewed {} queued blobs, deleted {}\n", collected.reviewed, collected.deleted),
+                &mut out,
+                format_args!(
+                    "manifests: reviewed {}, {verb} {}, kept in use {} ({protection})\n",
+                    c.manifests_reviewed, c.manifests_deleted, c.in_use
+                ),
+            )?;
+            for m in &c.first_manifests {
+                std::io::Write::write_fmt(&mut out, format_args!("  {m}\n"))?;
+            }
+            std::io::Write::write_fmt(
+                &mut out,
+                format_args!(
+                    "blobs: reviewed {}, {verb} {} links, {} objects ({} bytes){}\n",
+                    c.reviewed,
+                    c.unlinked,
+                    c.deleted,
+                    c.bytes,
+                    if c.failed > 0 { format!(", {} failed", c.failed) } else { String::new() }
+                ),
             )?;
             Ok(())
         }
@@ -246,18 +292,27 @@ async fn main() -> Result<()> {
             identity,
             storage,
             gc_interval_seconds,
+            gc_review_delay,
+            protect_in_use,
             default_registry_file,
             default_registry_configmap,
         } => {
             let store = storage.store().await?;
             let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
             let db = aerugo_db::pool(&common.database.database_url, 8)?;
+            aerugo_db::gc::set_review_delay(&db.get().await?, gc_review_delay).await?;
+            if !protect_in_use {
+                tracing::warn!(
+                    "Pods are not watched (--protect-in-use=false): the collector may delete images Pods run"
+                );
+            }
             let registry = prometheus::Registry::new();
             let metrics = Metrics::new(&registry)?;
             let settings = Settings {
                 registry_host: common.registry_host,
                 resync: Duration::from_secs(resync_seconds),
                 storage: storage.access()?,
+                pods_watched: protect_in_use,
             };
             let admin = admin_server(&admin_listen, registry, db.clone())?;
             let admin = tokio::spawn(admin);
@@ -279,18 +334,40 @@ async fn main() -> Result<()> {
                     }
                 }
             };
+            let pods = {
+                let (client, db) = (client.clone(), db.clone());
+                async move {
+                    if protect_in_use {
+                        aerugo_operator::pods::protect(client, db).await;
+                    }
+                }
+            };
             let cluster = ClusterContext::new(client, db, settings, metrics);
             let collector = {
-                let db = cluster.ctx.db.clone();
+                let cluster = cluster.clone();
                 async move {
                     let Some(store) = store else { return std::future::pending().await };
+                    let ctx = &cluster.ctx;
                     let mut every = tokio::time::interval(Duration::from_secs(gc_interval_seconds.max(1)));
                     loop {
                         every.tick().await;
-                        match aerugo_operator::collector::collect(&db, &store, GC_BATCH).await {
-                            Ok(c) if c.reviewed > 0 => {
-                                tracing::info!(reviewed = c.reviewed, deleted = c.deleted, "garbage collected")
-                            }
+                        if let Err(e) = aerugo_operator::retention::run_undeclared(ctx).await {
+                            tracing::warn!(error = %e, "retention runs failed; retrying next interval");
+                        }
+                        let options = aerugo_operator::collector::Options {
+                            batch: GC_BATCH,
+                            dry_run: false,
+                            require_in_use: protect_in_use,
+                        };
+                        match aerugo_operator::collector::collect(&ctx.db, &store, options).await {
+                            Ok(c) if c.reviewed + c.manifests_reviewed > 0 => tracing::info!(
+                                manifests = c.manifests_deleted,
+                                unlinked = c.unlinked,
+                                objects = c.deleted,
+                                bytes = c.bytes,
+                                in_use = c.in_use,
+                                "garbage collected"
+                            ),
                             Ok(_) => {}
                             Err(e) => tracing::warn!(error = %e, "garbage collection failed; retrying next interval"),
                         }
@@ -298,7 +375,7 @@ async fn main() -> Result<()> {
                 }
             };
             let controllers = async move {
-                tokio::join!(controller::run(cluster), collector, defaults);
+                tokio::join!(controller::run(cluster), collector, defaults, pods);
             };
             match leadership {
                 Some(leadership) => tokio::select! {

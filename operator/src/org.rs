@@ -34,6 +34,8 @@ pub struct ValidOrg {
     pub members: Vec<(String, &'static str)>,
     /// Delete data with the object.
     pub delete_data: bool,
+    /// The default retention policy of its repositories, as stored.
+    pub retention: Option<serde_json::Value>,
 }
 
 /// The object's UID (file mode derives one from the kind, namespace and name).
@@ -93,6 +95,7 @@ pub fn validate(org: &Organization) -> Result<ValidOrg> {
         default_visibility: org.spec.default_visibility.as_db(),
         members,
         delete_data: org.spec.reclaim_policy == ReclaimPolicy::Delete,
+        retention: crate::repo::retention_value(org.spec.retention.as_ref())?,
     })
 }
 
@@ -163,6 +166,7 @@ pub async fn sync(ctx: &Context, org: &Organization) -> Result<Synced<Organizati
     }
     let members: Vec<(&str, &str)> = valid.members.iter().map(|(u, r)| (u.as_str(), *r)).collect();
     let (unknown, _) = declared::sync_members(&tx, id, &members).await?;
+    declared::set_org_retention(&tx, id, valid.retention.as_ref()).await?;
     let (stored_bytes, repositories) = declared::org_usage(&tx, id).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
     // Users are created outside Kubernetes (management API, bootstrap): look again soon.

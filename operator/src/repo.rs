@@ -70,6 +70,7 @@ pub fn validate(repo: &Repository) -> Result<ValidRepo> {
     for pattern in &repo.spec.immutable_tags {
         globset::Glob::new(pattern).map_err(|e| Error::InvalidSpec(format!("immutableTags: {pattern:?}: {e}")))?;
     }
+    let retention = retention_value(repo.spec.retention.as_ref())?;
     Ok(ValidRepo {
         uid: uid_of(repo.metadata.uid.as_deref())?,
         namespace: repo.namespace().unwrap_or_default(),
@@ -78,9 +79,28 @@ pub fn validate(repo: &Repository) -> Result<ValidRepo> {
         visibility: repo.spec.visibility,
         grants,
         immutable_tags: repo.spec.immutable_tags.clone(),
-        retention: repo.spec.retention.as_ref().and_then(|r| serde_json::to_value(r).ok()),
+        retention,
         delete_data: repo.spec.reclaim_policy == ReclaimPolicy::Delete,
     })
+}
+
+/// A declared retention policy as stored, once checked (durations, patterns).
+pub fn retention_value(retention: Option<&aerugo_crds::Retention>) -> Result<Option<Value>> {
+    let Some(retention) = retention else { return Ok(None) };
+    let value = serde_json::to_value(retention).map_err(|e| Error::InvalidSpec(format!("retention: {e}")))?;
+    let policy: aerugo_db::retention::Policy =
+        serde_json::from_value(value.clone()).map_err(|e| Error::InvalidSpec(format!("retention: {e}")))?;
+    policy.check().map_err(|e| Error::InvalidSpec(format!("retention: {e}")))?;
+    Ok(Some(value))
+}
+
+/// The Event a retention run is worth.
+pub fn notice(
+    before: Option<&RepositoryStatus>,
+    after: &RepositoryStatus,
+) -> Option<(&'static str, &'static str, String)> {
+    let after = after.retention.as_ref()?;
+    crate::retention::notice(before.and_then(|b| b.retention.as_ref()), after).map(|(r, n)| ("Retention", r, n))
 }
 
 /// The row a Repository declares, once its organization is known.
@@ -155,8 +175,14 @@ pub async fn sync(ctx: &Context, repo: &Repository) -> Result<Synced<RepositoryS
         }
     }
     declared::sync_grants(&tx, id, &subjects).await?;
-    let (tags, bytes, last_push) = declared::repo_usage(&tx, id).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
+    // One pooled connection at a time: a reconcile holding one while waiting for another could
+    // starve the pool under many concurrent reconciles.
+    drop(client);
+    // The policy in force (its own or its organization's) runs at each reconcile.
+    let retention = crate::retention::run(ctx, &full_name).await?.map(|r| crate::retention::status_of(&r));
+    let client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
+    let (tags, bytes, last_push) = declared::repo_usage(&client, id).await?;
     let (readiness, requeue) = if missing.is_empty() {
         (Readiness::ready(), None)
     } else {
@@ -171,6 +197,7 @@ pub async fn sync(ctx: &Context, repo: &Repository) -> Result<Synced<RepositoryS
             tag_count: Some(tags),
             size_bytes: Some(bytes),
             last_push_at: last_push.and_then(|t| t.format(&Rfc3339).ok()),
+            retention,
             ..Default::default()
         },
         readiness,
@@ -227,5 +254,28 @@ mod tests {
         let neither = Grant { user: None, api_key_ref: None, access: Access::Pull };
         assert!(validate(&repo("app", RepositorySpec { grants: vec![neither], ..spec() })).is_err());
         assert!(validate(&repo("app", RepositorySpec { immutable_tags: vec!["v[".into()], ..spec() })).is_err());
+    }
+
+    #[test]
+    fn every_retention_field_reaches_the_policy_the_collector_reads() {
+        // The stored policy refuses unknown fields: a CRD field it did not know would fail here.
+        let full = aerugo_crds::Retention {
+            mode: aerugo_crds::RetentionMode::Enforce,
+            keep_last: Some(3),
+            keep_within: Some("30d".into()),
+            keep_pulled_within: Some("2w".into()),
+            tag_pattern: Some("build-*".into()),
+            protect: vec!["v*".into()],
+            delete_untagged: false,
+        };
+        let stored = retention_value(Some(&full)).expect("valid").expect("stored");
+        let policy: aerugo_db::retention::Policy = serde_json::from_value(stored).expect("policy");
+        assert_eq!(policy.mode, aerugo_db::retention::Mode::Enforce);
+        assert_eq!(
+            (policy.keep_last, policy.keep_pulled_within.as_deref(), policy.delete_untagged),
+            (Some(3), Some("2w"), false)
+        );
+        let bad = aerugo_crds::Retention { protect: vec!["v[".into()], ..full };
+        assert!(matches!(retention_value(Some(&bad)), Err(Error::InvalidSpec(_))));
     }
 }

@@ -18,6 +18,11 @@ use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A collection pass of `batch` entries per transaction.
+fn gc(batch: i64) -> aerugo_operator::collector::Options {
+    aerugo_operator::collector::Options { batch, dry_run: false, require_in_use: false }
+}
+
 struct Harness {
     emulator: Emulator,
     db: aerugo_db::Pool,
@@ -50,7 +55,7 @@ async fn start_on(resync: Duration, storage: Option<aerugo_operator::context::St
             .expect("namespace");
     }
     let client = emulator.client();
-    let settings = Settings { registry_host: "registry.test:5000".into(), resync, storage };
+    let settings = Settings { registry_host: "registry.test:5000".into(), resync, storage, pods_watched: false };
     let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
     let cluster = ClusterContext::new(client.clone(), db.clone(), settings, metrics);
     tokio::spawn(controller::run(cluster));
@@ -324,8 +329,12 @@ async fn file_mode_reconciles_the_examples_without_a_cluster() {
     aerugo_db::tenancy::create_user(&db.get().await.unwrap(), "admin", None, None, true, "system").await.unwrap();
     let secrets = tempfile::tempdir().unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let settings =
-        || Settings { registry_host: "127.0.0.1:5000".into(), resync: Duration::from_secs(300), storage: None };
+    let settings = || Settings {
+        registry_host: "127.0.0.1:5000".into(),
+        resync: Duration::from_secs(300),
+        storage: None,
+        pods_watched: false,
+    };
     let outcomes = aerugo_operator::files::apply(db.clone(), &examples, secrets.path().to_owned(), settings(), false)
         .await
         .expect("apply");
@@ -397,8 +406,12 @@ async fn file_mode_prunes_what_the_directory_no_longer_holds() {
         let (db, dir, secrets) = (db.clone(), dir.path().to_owned(), secrets.path().to_owned());
         async move {
             std::fs::write(dir.join("tenant.yaml"), text).unwrap();
-            let settings =
-                Settings { registry_host: "127.0.0.1:5000".into(), resync: Duration::from_secs(300), storage: None };
+            let settings = Settings {
+                registry_host: "127.0.0.1:5000".into(),
+                resync: Duration::from_secs(300),
+                storage: None,
+                pods_watched: false,
+            };
             aerugo_operator::files::apply(db, &dir, secrets, settings, true).await.expect("apply")
         }
     };
@@ -603,7 +616,8 @@ async fn a_database_outage_is_reported_and_recovered_from() {
     // Nothing listens on port 9: every connection fails.
     let down = aerugo_db::pool("postgres://postgres@127.0.0.1:9/none", 2).expect("pool");
     let cluster = |db: aerugo_db::Pool| {
-        let settings = Settings { registry_host: "r".into(), resync: Duration::from_secs(2), storage: None };
+        let settings =
+            Settings { registry_host: "r".into(), resync: Duration::from_secs(2), storage: None, pods_watched: false };
         ClusterContext::new(client.clone(), db, settings, Metrics::new(&prometheus::Registry::new()).expect("metrics"))
     };
     let running = tokio::spawn(controller::run(cluster(down)));
@@ -753,7 +767,7 @@ async fn the_collector_works_per_location() {
     ))
     .await
     .unwrap();
-    let collected = aerugo_operator::collector::collect(&db, &store, 10).await.expect("collect");
+    let collected = aerugo_operator::collector::collect(&db, &store, gc(10)).await.expect("collect");
     assert_eq!((collected.reviewed, collected.deleted), (1, 1));
     assert_eq!(dedicated.size(&key).await.unwrap(), None, "the dedicated location's object is gone");
     assert_eq!(store.size(&key).await.unwrap(), Some(5), "the linked location's object stays");
@@ -766,7 +780,7 @@ async fn the_collector_works_per_location() {
     )
     .await
     .unwrap();
-    let collected = aerugo_operator::collector::collect(&db, &store, 10).await.expect("collect");
+    let collected = aerugo_operator::collector::collect(&db, &store, gc(10)).await.expect("collect");
     assert_eq!((collected.reviewed, collected.deleted), (1, 1));
     assert_eq!(store.size(&key).await.unwrap(), None);
     let rows: i64 = conn.query_one("SELECT COUNT(*) FROM blobs", &[]).await.unwrap().get(0);
@@ -936,7 +950,7 @@ async fn the_collector_deletes_unreferenced_blobs_after_their_review() {
     ))
     .await
     .unwrap();
-    let collected = aerugo_operator::collector::collect(&db, &store, 1).await.expect("collect");
+    let collected = aerugo_operator::collector::collect(&db, &store, gc(1)).await.expect("collect");
     assert_eq!((collected.reviewed, collected.deleted), (2, 1));
     assert_eq!(store.size(&key('a')).await.unwrap(), None, "the unreferenced object is gone");
     assert_eq!(store.size(&key('b')).await.unwrap(), Some(5), "a referenced blob stays");
@@ -944,8 +958,19 @@ async fn the_collector_deletes_unreferenced_blobs_after_their_review() {
     let rows: Vec<String> =
         conn.query("SELECT digest FROM blobs ORDER BY 1", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(rows, [format!("sha256:{}", hex('b')), format!("sha256:{}", hex('c'))]);
-    let queued: i64 = conn.query_one("SELECT COUNT(*) FROM gc_blob_review_queue", &[]).await.unwrap().get(0);
-    assert_eq!(queued, 1, "only the entry still in review is left");
+    let queued: Vec<String> = conn
+        .query(
+            "SELECT digest FROM gc_blob_review_queue WHERE review_after > now() + interval '23 hours' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // `b`'s link is a day younger than the review delay and no manifest references it (an
+    // upload whose manifest has not come yet): its entry waits until the link is a day old.
+    assert_eq!(queued, [format!("sha256:{}", hex('b')), format!("sha256:{}", hex('c'))]);
 }
 
 #[tokio::test]
@@ -1096,4 +1121,82 @@ async fn a_foreign_bucket_policy_is_never_overwritten() {
     wait_reason::<aerugo_crds::Registry>(&h, "team", "moto", "False", "BucketPolicyConflict").await;
     let stored: Value = serde_json::from_str(&store.policy().await.unwrap().unwrap()).unwrap();
     assert_eq!(stored, theirs, "their policy is left as it was");
+}
+
+/// A Repository's retention runs when it reconciles: a dry run reports in `status.retention`
+/// and an Event what would go and deletes nothing; Enforce deletes exactly that; a tag whose
+/// digest a Pod runs (seen by the Pod watcher) is kept whatever the policy says.
+#[tokio::test]
+async fn retention_reports_plans_enforces_them_and_spares_what_pods_run() {
+    let h = start().await;
+    create(&h, "team", org("acme", json!({}))).await;
+    wait_reason::<Organization>(&h, "team", "acme", "True", "Reconciled").await;
+    let policy = json!({ "organizationRef": { "name": "acme" }, "retention": { "mode": "DryRun", "keepLast": 0 } });
+    create(&h, "team", repo("app", policy)).await;
+    wait_reason::<Repository>(&h, "team", "app", "True", "Reconciled").await;
+    // Three tags, t1 the newest; a Pod runs t1's digest.
+    let db = h.db.get().await.unwrap();
+    db.batch_execute(
+        "INSERT INTO manifests (repository_id, digest, media_type, payload, total_size)
+         SELECT r.id, 'sha256:' || repeat(v.c, 64), 'application/vnd.oci.image.manifest.v1+json', '\\x7b7d', 2
+           FROM repositories r, (VALUES ('1'), ('2'), ('3')) AS v(c) WHERE r.name = 'acme/app';
+         INSERT INTO tags (repository_id, name, manifest_id, updated_at)
+         SELECT repository_id, 't' || substr(digest, 8, 1), id, now() - substr(digest, 8, 1)::int * interval '1 minute'
+           FROM manifests;",
+    )
+    .await
+    .unwrap();
+    let running = format!("sha256:{}", "1".repeat(64));
+    h.emulator
+        .seed(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": { "name": "web", "namespace": "team" },
+            "spec": { "containers": [{ "name": "app", "image": format!("registry.test:5000/acme/app@{running}") }] },
+        }))
+        .unwrap();
+    tokio::spawn(aerugo_operator::pods::protect(h.client.clone(), h.db.clone()));
+    let retention = |r: Option<&Repository>| r.and_then(|r| r.status.as_ref()?.retention.clone());
+    let dry = h
+        .emulator
+        .wait_for::<Repository, _>(Some("team"), "app", WAIT, |r| retention(r).is_some_and(|s| s.protected_in_use == 1))
+        .await;
+    let in_use: i64 = db.query_one("SELECT count(*) FROM digests_in_use", &[]).await.unwrap().get(0);
+    let dry = dry.unwrap_or_else(|e| {
+        let now = h.emulator.get_raw("aerugo.io/v1alpha1", "repositories", Some("team"), "app");
+        panic!("no dry run seeing the Pod ({e:?}; {in_use} digests in use): {now:#?}")
+    });
+    let dry = retention(dry.as_ref()).unwrap();
+    assert_eq!((dry.tags, dry.first_tags.clone(), dry.deleted), (2, vec!["t2".to_owned(), "t3".to_owned()], 0));
+    assert_eq!(tags(&db).await, ["t1", "t2", "t3"], "a dry run deletes nothing");
+    let events = |reason: &str| {
+        h.emulator.list_raw("events.k8s.io/v1", "events", Some("team")).iter().filter(|e| e["reason"] == reason).count()
+    };
+    for _ in 0..100 {
+        if events("RetentionDryRun") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(events("RetentionDryRun"), 1, "one Event for the plan, not one per resync");
+
+    let repos: Api<Repository> = Api::namespaced(h.client.clone(), "team");
+    let enforce = json!({ "spec": { "retention": { "mode": "Enforce", "keepLast": 0 } } });
+    repos.patch("app", &PatchParams::default(), &Patch::Merge(&enforce)).await.unwrap();
+    h.emulator
+        .wait_for::<Repository, _>(Some("team"), "app", WAIT, |r| retention(r).is_some_and(|s| s.deleted == 2))
+        .await
+        .expect("enforced");
+    assert_eq!(tags(&db).await, ["t1"], "what the dry run reported went; the Pod's tag stayed");
+    for _ in 0..100 {
+        if events("RetentionEnforced") > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(events("RetentionEnforced"), 1);
+    let queued: i64 = db.query_one("SELECT count(*) FROM gc_manifest_review_queue", &[]).await.unwrap().get(0);
+    assert_eq!(queued, 2, "the untagged manifests wait for the collector");
+}
+
+async fn tags(db: &aerugo_db::PooledClient) -> Vec<String> {
+    db.query("SELECT name FROM tags ORDER BY name", &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
 }

@@ -146,6 +146,17 @@ pub async fn sync_org(client: &impl GenericClient, org: &DeclaredOrg<'_>) -> Res
     Ok(Claim::Owned { id, changed: changed > 0 })
 }
 
+/// Sets an organization's default retention policy (its repositories without their own).
+pub async fn set_org_retention(client: &impl GenericClient, id: i64, retention: Option<&Value>) -> Result<()> {
+    client
+        .execute(
+            "UPDATE organizations SET retention = $2 WHERE id = $1 AND retention IS DISTINCT FROM $2",
+            &[&id, &retention],
+        )
+        .await?;
+    Ok(())
+}
+
 /// The dedicated bucket recorded for the Organization object `uid`, and whether any of its
 /// repositories holds blobs; `None` when it has no row yet.
 pub async fn org_location(client: &impl GenericClient, uid: Uuid) -> Result<Option<(Option<String>, bool)>> {

@@ -9,6 +9,7 @@ pub mod fsck;
 pub mod gc;
 pub mod notify;
 pub mod registry;
+pub mod retention;
 pub mod tenancy;
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -248,7 +248,16 @@ pub async fn insert_blob(
     let blob = client
         .prepare_cached("INSERT INTO blobs (digest, size) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING")
         .await?;
-    client.execute(&blob, &[&digest, &size]).await?;
+    // The row is share-locked until the transaction ends, so the collector cannot delete it
+    // under this upload. One the collector is deleting right now makes the lock wait for it and
+    // then find no row: insert it again.
+    let lock = client.prepare_cached("SELECT 1 FROM blobs WHERE digest = $1 FOR KEY SHARE").await?;
+    for _ in 0..3 {
+        client.execute(&blob, &[&digest, &size]).await?;
+        if client.query_opt(&lock, &[&digest]).await?.is_some() {
+            break;
+        }
+    }
     let object = client
         .prepare_cached(
             "INSERT INTO blob_objects (digest, location, storage_key) VALUES ($1, $2, $3)
@@ -316,13 +325,22 @@ pub async fn object_present(client: &impl GenericClient, digest: &str, location:
     Ok(client.query_opt(&stmt, &[&digest, &location]).await?.is_some())
 }
 
-/// Makes `digest` readable in the repository (idempotent).
-pub async fn link_blob(client: &impl GenericClient, repository_id: i64, digest: &str) -> Result<()> {
+/// Makes `digest` readable in the repository (idempotent). An existing link is renewed: the
+/// collector leaves a link no manifest references alone for the review delay after its last
+/// upload, so the manifest that follows an upload finds it. False when the blob's row is gone
+/// (the collector deleted it meanwhile; the transaction is then aborted).
+pub async fn link_blob(client: &impl GenericClient, repository_id: i64, digest: &str) -> Result<bool> {
     let stmt = client
-        .prepare_cached("INSERT INTO repository_blobs (repository_id, digest) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .prepare_cached(
+            "INSERT INTO repository_blobs (repository_id, digest) VALUES ($1, $2)
+             ON CONFLICT (repository_id, digest) DO UPDATE SET created_at = now()",
+        )
         .await?;
-    client.execute(&stmt, &[&repository_id, &digest]).await?;
-    Ok(())
+    match client.execute(&stmt, &[&repository_id, &digest]).await {
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION) => Ok(false),
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(true),
+    }
 }
 
 /// Removes a blob from a repository unless a manifest there still references it. Call inside
@@ -412,6 +430,33 @@ pub async fn manifest_by_repository_name(
         let id: Option<i64> = r.get("id");
         id.map(|_| Manifest::from(r))
     }))
+}
+
+/// Records manifest pulls ((repository, digest) → when), never moving a time backwards (one
+/// statement per batch).
+pub async fn record_pulls(
+    client: &impl GenericClient,
+    pulls: &[((String, String), time::OffsetDateTime)],
+) -> Result<()> {
+    let mut names = Vec::with_capacity(pulls.len());
+    let mut digests = Vec::with_capacity(pulls.len());
+    let mut times = Vec::with_capacity(pulls.len());
+    for ((name, digest), at) in pulls {
+        names.push(name.as_str());
+        digests.push(digest.as_str());
+        times.push(*at);
+    }
+    let stmt = client
+        .prepare_cached(
+            "UPDATE manifests m SET last_pulled_at = p.at
+               FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS p(name, digest, at)
+               JOIN repositories r ON r.name = p.name
+              WHERE m.repository_id = r.id AND m.digest = p.digest
+                AND (m.last_pulled_at IS NULL OR m.last_pulled_at < p.at)",
+        )
+        .await?;
+    client.execute(&stmt, &[&names, &digests, &times]).await?;
+    Ok(())
 }
 
 /// Stores a manifest and its references; returns its id. Re-pushing the same digest keeps the

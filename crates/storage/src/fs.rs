@@ -166,6 +166,16 @@ impl BlobStore for FsStore {
         }
     }
 
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<String>> {
+        let mut failed = Vec::new();
+        for key in keys {
+            if self.delete(key).await.is_err() {
+                failed.push(key.clone());
+            }
+        }
+        Ok(failed)
+    }
+
     async fn check(&self) -> Result<()> {
         fs::metadata(self.root.join("blobs")).await?;
         Ok(())

@@ -88,6 +88,9 @@ pub enum BlobRead {
     Stream(ByteStream),
 }
 
+/// Keys per batched delete: S3's `DeleteObjects` limit.
+pub const DELETE_BATCH: usize = 1000;
+
 /// A blob store. Writers are created per request from persisted state and paused back into
 /// state at the end of the request, so any node can continue any upload.
 pub trait BlobStore: Send + Sync {
@@ -119,6 +122,10 @@ pub trait BlobStore: Send + Sync {
 
     /// Deletes a blob (absent is fine).
     fn delete(&self, key: &str) -> impl Future<Output = Result<()>>;
+
+    /// Deletes blobs (absent is fine), [`DELETE_BATCH`] per request where the backend can;
+    /// returns the keys it could not delete.
+    fn delete_many(&self, keys: &[String]) -> impl Future<Output = Result<Vec<String>>>;
 
     /// Checks that the backend is reachable (readiness).
     fn check(&self) -> impl Future<Output = Result<()>>;
@@ -255,6 +262,13 @@ impl BlobStore for AnyStore {
         match self {
             AnyStore::Fs(s) => s.delete(key).await,
             AnyStore::S3(s) => s.delete(key).await,
+        }
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<String>> {
+        match self {
+            AnyStore::Fs(s) => s.delete_many(keys).await,
+            AnyStore::S3(s) => s.delete_many(keys).await,
         }
     }
 

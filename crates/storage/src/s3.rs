@@ -16,7 +16,7 @@ use aws_sdk_s3::config::{
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream as S3Body;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -526,6 +526,38 @@ impl BlobStore for S3Store {
             Err(e) if !is_not_found(&e) => Err(s3_error("DeleteObject", e)),
             _ => Ok(()),
         }
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<String>> {
+        let mut failed = Vec::new();
+        for batch in keys.chunks(crate::DELETE_BATCH) {
+            let objects = batch
+                .iter()
+                .map(|key| ObjectIdentifier::builder().key(key).build())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| Error::S3 { operation: "DeleteObjects", message: e.to_string() })?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| Error::S3 { operation: "DeleteObjects", message: e.to_string() })?;
+            let out = self
+                .client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| s3_error("DeleteObjects", e))?;
+            // Quiet mode lists only the failures; a missing key is not one.
+            failed.extend(
+                out.errors()
+                    .iter()
+                    .filter(|e| e.code() != Some("NoSuchKey"))
+                    .filter_map(|e| e.key().map(str::to_owned)),
+            );
+        }
+        Ok(failed)
     }
 
     async fn check(&self) -> Result<()> {

@@ -10,6 +10,7 @@ mod audit;
 mod keys;
 mod orgs;
 mod repos;
+mod retention;
 mod users;
 
 use std::future::{Ready, ready};
@@ -256,7 +257,7 @@ impl Modify for SecuritySchemes {
         users::login, users::create, users::list, users::me, users::update_me, users::change_password,
         users::update, users::delete, users::reset_password,
         orgs::create, orgs::list, orgs::get, orgs::delete, orgs::members, orgs::put_member, orgs::remove_member,
-        repos::create, repos::list, repos::get, repos::update, repos::delete,
+        repos::create, repos::list, repos::get, repos::update, repos::delete, retention::get, retention::put,
         keys::create, keys::list, keys::revoke,
         audit::org_events, audit::all_events,
     ),
@@ -321,6 +322,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/orgs/{org}/members/{username}", web::put().to(orgs::put_member))
             .route("/orgs/{org}/members/{username}", web::delete().to(orgs::remove_member))
             .route("/orgs/{org}/audit", web::get().to(audit::org_events))
+            .route("/orgs/{org}/retention/{name:.+}", web::get().to(retention::get))
+            .route("/orgs/{org}/retention/{name:.+}", web::put().to(retention::put))
             .route("/orgs/{org}/repositories", web::post().to(repos::create))
             .route("/orgs/{org}/repositories", web::get().to(repos::list))
             .route("/orgs/{org}/repositories/{name:.+}", web::get().to(repos::get))

@@ -175,7 +175,7 @@ pub(super) async fn list(
 }
 
 /// Loads a repository the caller may pull (404 otherwise) and the caller's rights on it.
-async fn visible_repo(
+pub(super) async fn visible_repo(
     auth: &Auth,
     client: &impl aerugo_db::GenericClient,
     principal: &crate::auth::Principal,
@@ -208,7 +208,7 @@ pub(super) async fn get(
     Ok(web::Json(RepoDetails { repository: view(&path.0, repo), tags: tags.into_iter().map(tag_view).collect() }))
 }
 
-fn may_administer(rights: &crate::auth::Rights) -> ApiResult<()> {
+pub(super) fn may_administer(rights: &crate::auth::Rights) -> ApiResult<()> {
     // Administration is a right of its own (Owner, Admin, an Admin grant; never an API key),
     // not "holds every action": a Delete grant includes push and delete, not this.
     if rights.administer {

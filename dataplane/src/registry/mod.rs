@@ -70,7 +70,15 @@ pub struct Registry {
     cache: Arc<Cache>,
     upload_seconds: prometheus::Histogram,
     last_probe: tokio::sync::Mutex<Probe>,
+    pulls: std::sync::Mutex<Pulls>,
 }
+
+/// Manifest pulls not yet written: (repository, digest) → when.
+type Pulls = std::collections::HashMap<(String, String), time::OffsetDateTime>;
+
+/// Pulls held between writes at most; past it, further ones wait for the next write (a pull
+/// already held is updated in place).
+const MAX_PENDING_PULLS: usize = 100_000;
 
 impl Registry {
     /// A registry over `db` and `store`, with an in-process cache.
@@ -83,7 +91,33 @@ impl Registry {
             cache: Arc::new(Cache::local()),
             upload_seconds,
             last_probe: tokio::sync::Mutex::new(None),
+            pulls: std::sync::Mutex::default(),
         }
+    }
+
+    /// Records that manifest `digest` of `repository` was pulled now (for `keepPulledWithin`);
+    /// written by [`Registry::flush_pulls`] in one statement per batch, not one per pull.
+    pub fn mark_pulled(&self, repository: &str, digest: &str) {
+        let Ok(mut pulls) = self.pulls.lock() else { return };
+        let now = time::OffsetDateTime::now_utc();
+        let key = (repository.to_owned(), digest.to_owned());
+        if pulls.len() < MAX_PENDING_PULLS || pulls.contains_key(&key) {
+            pulls.insert(key, now);
+        }
+    }
+
+    /// Writes the pulls recorded since the last write (called periodically and at shutdown).
+    pub async fn flush_pulls(&self) -> Result<usize> {
+        let batch: Vec<((String, String), time::OffsetDateTime)> = match self.pulls.lock() {
+            Ok(mut pulls) => pulls.drain().collect(),
+            Err(_) => return Ok(0),
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let client = self.client().await?;
+        registry::record_pulls(&client, &batch).await?;
+        Ok(batch.len())
     }
 
     /// Uses `cache` (the node's) instead of a private in-process one.

@@ -343,10 +343,11 @@ impl Registry {
             }
             return Err(quota_denied(&over));
         }
-        registry::link_blob(&tx, repo.id, digest.as_str()).await?;
         // The link waited for any collector holding the blob; one that removed this location's
         // object meanwhile is seen now.
-        if !registry::object_present(&tx, digest.as_str(), &repo.location).await? {
+        if !registry::link_blob(&tx, repo.id, digest.as_str()).await?
+            || !registry::object_present(&tx, digest.as_str(), &repo.location).await?
+        {
             return Err(collected());
         }
         actor.record(&tx, action, repo, detail).await?;
@@ -388,8 +389,9 @@ impl Registry {
         if let Some(over) = registry::over_quota(&tx, repo, Some(digest.as_str()), blob.size).await? {
             return Err(quota_denied(&over));
         }
-        registry::link_blob(&tx, repo.id, digest.as_str()).await?;
-        if !registry::object_present(&tx, digest.as_str(), &repo.location).await? {
+        if !registry::link_blob(&tx, repo.id, digest.as_str()).await?
+            || !registry::object_present(&tx, digest.as_str(), &repo.location).await?
+        {
             return Ok(false);
         }
         actor.record(&tx, "blob.mount", repo, detail).await?;

@@ -63,6 +63,7 @@ pub(super) async fn get(
             manifest.media_type
         )));
     }
+    registry.mark_pulled(name.as_str(), &manifest.digest);
     Ok(found(manifest))
 }
 

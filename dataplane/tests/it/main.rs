@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 mod cache;
+mod collection;
 mod conformance;
 mod dashboard;
 mod fsck;
