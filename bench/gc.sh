@@ -29,10 +29,11 @@ trap cleanup EXIT
 mkdir -p "$WORK/garage"
 export $("$ROOT/scripts/garage.sh" start "$WORK/garage" 3920 | xargs)
 aerugo_database aerugo_bench_gc
+export AERUGO_LOG=warn AERUGO_CLIENT_RATE_LIMIT=0 AERUGO_TOKEN_RATE_LIMIT=0
 export AERUGO_STORAGE=s3 AERUGO_LISTEN=$ADDR AERUGO_ADMIN_LISTEN=127.0.0.1:9300 AERUGO_REDIRECT=proxy
 "$AERUGO_BIN" serve >"$WORK/dataplane.log" 2>&1 &
 PIDS+=($!)
-wait_http "http://$ADDR/v2/"
+wait_http "http://127.0.0.1:9300/readyz"
 
 # One image to pull (a 4 KiB layer), as the administrator.
 AUTH="admin:$ADMIN_PASSWORD"

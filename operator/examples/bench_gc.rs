@@ -79,7 +79,7 @@ async fn main() {
         Some("seed") => seed(&db, args.next().and_then(|n| n.parse().ok()).unwrap_or(100_000)).await,
         Some("collect") => {
             let store = AnyStore::S3(S3Store::new(&config()));
-            let options = aerugo_operator::collector::Options { batch: 1000, dry_run: false, require_in_use: false };
+            let options = aerugo_operator::collector::Options { batch: 4000, dry_run: false, require_in_use: false };
             let started = Instant::now();
             let c = aerugo_operator::collector::collect(&db, &store, options).await.expect("collect");
             let seconds = started.elapsed().as_secs_f64();

@@ -117,7 +117,7 @@ impl Storage {
 }
 
 /// Queue entries reviewed per collector transaction.
-const GC_BATCH: i64 = 1000;
+const GC_BATCH: i64 = 4000;
 
 /// A duration as the CRDs spell them (`90s`, `15m`, `24h`, `1d`).
 fn duration(text: &str) -> std::result::Result<Duration, String> {

@@ -529,8 +529,9 @@ impl BlobStore for S3Store {
     }
 
     async fn delete_many(&self, keys: &[String]) -> Result<Vec<String>> {
-        let mut failed = Vec::new();
-        for batch in keys.chunks(crate::DELETE_BATCH) {
+        use futures_util::StreamExt as _;
+        // Up to four requests in flight: a service answers one DeleteObjects key by key.
+        let calls = futures_util::stream::iter(keys.chunks(crate::DELETE_BATCH).map(|batch| async move {
             let objects = batch
                 .iter()
                 .map(|key| ObjectIdentifier::builder().key(key).build())
@@ -550,12 +551,19 @@ impl BlobStore for S3Store {
                 .await
                 .map_err(|e| s3_error("DeleteObjects", e))?;
             // Quiet mode lists only the failures; a missing key is not one.
-            failed.extend(
+            Ok::<_, Error>(
                 out.errors()
                     .iter()
                     .filter(|e| e.code() != Some("NoSuchKey"))
-                    .filter_map(|e| e.key().map(str::to_owned)),
-            );
+                    .filter_map(|e| e.key().map(str::to_owned))
+                    .collect::<Vec<_>>(),
+            )
+        }))
+        .buffer_unordered(4);
+        let results: Vec<Result<Vec<String>>> = calls.collect().await;
+        let mut failed = Vec::new();
+        for result in results {
+            failed.extend(result?);
         }
         Ok(failed)
     }
