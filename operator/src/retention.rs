@@ -25,17 +25,24 @@ pub async fn in_use_known(client: &impl aerugo_db::GenericClient, pods_watched: 
 
 /// Runs the policy in force for repository `name`; `None` when it has none.
 pub async fn run(ctx: &Context, name: &str) -> Result<Option<Report>> {
-    let mut client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
+    let client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
     let Some(subject) = retention::subject(&client, name).await? else { return Ok(None) };
+    drop(client);
+    run_subject(ctx, &subject).await
+}
+
+/// Runs `subject`'s policy; `None` when it has none.
+async fn run_subject(ctx: &Context, subject: &retention::Subject) -> Result<Option<Report>> {
     if subject.policy.is_none() {
         return Ok(None);
     }
+    let mut client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
     let known = in_use_known(&client, ctx.settings.pods_watched).await?;
     let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
-    let report = retention::run(&tx, &subject, OffsetDateTime::now_utc(), known).await?;
+    let report = retention::run(&tx, subject, OffsetDateTime::now_utc(), known).await?;
     tx.commit().await.map_err(aerugo_db::Error::from)?;
     if report.mode == Mode::Enforce && !known {
-        tracing::warn!(repository = %name, "retention deleted nothing: the digests running Pods use are not known yet");
+        tracing::warn!(repository = %subject.name, "retention deleted nothing: the digests running Pods use are not known yet");
     }
     Ok(Some(report))
 }
@@ -46,25 +53,15 @@ pub async fn run_undeclared(ctx: &Context) -> Result<usize> {
     let mut ran = 0;
     loop {
         let client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
-        let page = retention::subjects(&client, after, 100).await?;
-        let undeclared: Vec<String> = client
-            .query(
-                "SELECT name FROM repositories WHERE id = ANY($1) AND managed_by <> 'kubernetes'",
-                &[&page.iter().map(|s| s.id).collect::<Vec<_>>()],
-            )
-            .await
-            .map_err(aerugo_db::Error::from)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let page = retention::undeclared_subjects(&client, after, 100).await?;
         drop(client);
         let Some(last) = page.last() else { return Ok(ran) };
         after = last.id;
-        for name in undeclared {
-            if let Some(report) = run(ctx, &name).await? {
+        for subject in &page {
+            if let Some(report) = run_subject(ctx, subject).await? {
                 ran += 1;
                 if report.tags > 0 {
-                    tracing::info!(repository = %name, mode = ?report.mode, tags = report.tags, deleted = report.deleted, bytes = report.bytes, "retention");
+                    tracing::info!(repository = %subject.name, mode = ?report.mode, tags = report.tags, deleted = report.deleted, bytes = report.bytes, "retention");
                 }
             }
         }

@@ -226,14 +226,15 @@ pub struct Subject {
     pub policy: Option<Policy>,
 }
 
-/// Repositories that have a policy in force (their own or their organization's), after id
-/// `after`, at most `limit`.
-pub async fn subjects(client: &impl GenericClient, after: i64, limit: i64) -> Result<Vec<Subject>> {
+/// Repositories no Repository object declares that have a policy in force (their own or their
+/// organization's), after id `after`, at most `limit`.
+pub async fn undeclared_subjects(client: &impl GenericClient, after: i64, limit: i64) -> Result<Vec<Subject>> {
     Ok(client
         .query(
             "SELECT r.id, r.name, r.org_id, r.immutable_tag_patterns, COALESCE(r.retention, o.retention)
                FROM repositories r JOIN organizations o ON o.id = r.org_id
-              WHERE r.id > $1 AND r.deleted_at IS NULL AND COALESCE(r.retention, o.retention) IS NOT NULL
+              WHERE r.id > $1 AND r.deleted_at IS NULL AND r.managed_by <> 'kubernetes'
+                AND COALESCE(r.retention, o.retention) IS NOT NULL
               ORDER BY r.id LIMIT $2",
             &[&after, &limit],
         )

@@ -73,8 +73,13 @@ pub struct Registry {
     pulls: std::sync::Mutex<Pulls>,
 }
 
-/// Manifest pulls not yet written: (repository, digest) → when.
-type Pulls = std::collections::HashMap<(String, String), time::OffsetDateTime>;
+/// Manifest pulls not yet written: repository → digest → when, and how many. Nested so that
+/// a pull already held is updated without allocating (the pull path's steady state).
+#[derive(Default)]
+struct Pulls {
+    by_repository: std::collections::HashMap<String, std::collections::HashMap<String, time::OffsetDateTime>>,
+    held: usize,
+}
 
 /// Pulls held between writes at most; past it, further ones wait for the next write (a pull
 /// already held is updated in place).
@@ -100,16 +105,27 @@ impl Registry {
     pub fn mark_pulled(&self, repository: &str, digest: &str) {
         let Ok(mut pulls) = self.pulls.lock() else { return };
         let now = time::OffsetDateTime::now_utc();
-        let key = (repository.to_owned(), digest.to_owned());
-        if pulls.len() < MAX_PENDING_PULLS || pulls.contains_key(&key) {
-            pulls.insert(key, now);
+        if let Some(at) = pulls.by_repository.get_mut(repository).and_then(|d| d.get_mut(digest)) {
+            *at = now;
+        } else if pulls.held < MAX_PENDING_PULLS {
+            pulls.held += 1;
+            pulls.by_repository.entry(repository.to_owned()).or_default().insert(digest.to_owned(), now);
         }
     }
 
     /// Writes the pulls recorded since the last write (called periodically and at shutdown).
     pub async fn flush_pulls(&self) -> Result<usize> {
         let batch: Vec<((String, String), time::OffsetDateTime)> = match self.pulls.lock() {
-            Ok(mut pulls) => pulls.drain().collect(),
+            Ok(mut pulls) => {
+                pulls.held = 0;
+                pulls
+                    .by_repository
+                    .drain()
+                    .flat_map(|(repository, digests)| {
+                        digests.into_iter().map(move |(d, at)| ((repository.clone(), d), at))
+                    })
+                    .collect()
+            }
             Err(_) => return Ok(0),
         };
         if batch.is_empty() {
