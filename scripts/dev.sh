@@ -6,8 +6,8 @@
 #                           in the foreground until Ctrl-C. AERUGO_STORAGE=s3 uses a local Garage.
 #   ./scripts/dev.sh test   every test: the Helm chart (lint, render, schema validation), fmt,
 #                           clippy, unit, HTTP, conformance, Postgres, Garage S3, real clients
-#                           (skopeo, oras), the operator on the API emulator, and the end-to-end
-#                           run of the whole product.
+#                           (skopeo, oras, podman, containerd's ctr), the operator on the API
+#                           emulator, and the end-to-end run of the whole product.
 #   ./scripts/dev.sh bench  the benchmark against CNCF Distribution (see bench/README.md).
 set -euo pipefail
 
@@ -250,7 +250,7 @@ cmd_run() {
 }
 
 cmd_test() {
-  apt_install skopeo podman buildah curl python3-pip git nginx openssl
+  apt_install skopeo podman buildah containerd curl python3-pip git nginx openssl
   # kubectl drives the API emulator in one test: the machine's if it has one, else Debian's.
   command -v kubectl >/dev/null || apt_install kubernetes-client
   pip_install oras oras

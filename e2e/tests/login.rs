@@ -215,3 +215,92 @@ async fn a_token_narrowed_offline_with_the_cli_is_honoured() {
     assert_eq!(status(&narrowed, "POST", "/v2/ops/app/blobs/uploads/"), "401");
     assert_eq!(status(&narrowed, "DELETE", "/v2/ops/app/manifests/v1"), "401");
 }
+
+/// containerd's resolver (`ctr`, the client Kubernetes nodes pull with) through the token flow:
+/// a pull and a push as a user follow the `WWW-Authenticate: Bearer` challenge to a token with
+/// the repository's scope; a push whose cross-repository mount names a repository the user may
+/// not read still succeeds (the mount falls back to an upload, and nothing of the other
+/// organization is revealed); a pull-only key's push fails on `403 DENIED` (with the
+/// `insufficient_scope` challenge, RFC 6750) without a loop of token requests.
+#[tokio::test]
+async fn containerd_resolver_pulls_and_pushes_through_the_token_flow() {
+    let containerd = match aerugo_e2e::containerd::Containerd::start() {
+        Ok(c) => c,
+        Err(missing) => {
+            aerugo_test_support::skip(&missing);
+            return;
+        }
+    };
+    let server = Server::start(&fresh_database().await, Storage::File);
+    let admin = (ADMIN_USER, ADMIN_PASSWORD);
+    let user = json!({ "username": "carol", "password": "carol-password" });
+    assert_eq!(api(&server, admin, "POST", "/api/v1/users", Some(user)).0, 201);
+    let carol = ("carol", "carol-password");
+    assert_eq!(api(&server, carol, "POST", "/api/v1/orgs", Some(json!({ "name": "acme" }))).0, 201);
+    let work = tempfile::tempdir().expect("tempdir");
+    let src = work.path().join("src");
+    let digest = oci_layout(&src, "linux/amd64", 30_000, 21);
+    let layout = format!("oci:{}:latest", src.display());
+    server.skopeo(&["copy", "--dest-tls-verify=false", &layout, &format!("docker://{}/library/base:v1", server.host)]);
+    server.skopeo(&["copy", "--dest-tls-verify=false", &layout, &format!("docker://{}/acme/app:v1", server.host)]);
+
+    // Pull as carol: the challenge, a token for acme/app, the image.
+    let app = format!("{}/acme/app:v1", server.host);
+    let carol_login = format!("{}:{}", carol.0, carol.1);
+    let pulled = containerd.ctr_output(&["content", "fetch", "--plain-http", "--http-dump", "-u", &carol_login, &app]);
+    let dump = String::from_utf8_lossy(&pulled.stderr).into_owned() + &String::from_utf8_lossy(&pulled.stdout);
+    assert!(pulled.status.success(), "ctr pull failed:\n{dump}");
+    assert!(dump.contains("401 Unauthorized") && dump.contains("Www-Authenticate: Bearer realm="), "{dump}");
+    assert!(
+        dump.contains("scope=repository%3Aacme%2Fapp%3Apull") || dump.contains("scope=repository:acme/app:pull"),
+        "{dump}"
+    );
+    let images = containerd.ctr(&["images", "ls"]);
+    assert!(images.lines().any(|l| l.starts_with(&app) && l.contains(&digest)), "{images}");
+    // The administrator's image in another organization is not found for her.
+    let base = format!("{}/library/base:v1", server.host);
+    let theirs = containerd.ctr_output(&["content", "fetch", "--plain-http", "-u", &carol_login, &base]);
+    assert!(!theirs.status.success());
+    let theirs = String::from_utf8_lossy(&theirs.stderr);
+    assert!(theirs.contains("not found"), "{theirs}");
+
+    // Fetched as the administrator, the image carries library/base as its source; carol's push of
+    // it into her organization asks to mount from there, which she may not read: the blobs are
+    // uploaded instead, and the copy is whole.
+    let admin_login = format!("{ADMIN_USER}:{ADMIN_PASSWORD}");
+    containerd.ctr(&["content", "fetch", "--plain-http", "-u", &admin_login, &base]);
+    let copy = format!("{}/acme/copy:v1", server.host);
+    containerd.ctr(&["images", "tag", &base, &copy]);
+    let pushed = containerd.ctr_output(&["images", "push", "--plain-http", "--http-dump", "-u", &carol_login, &copy]);
+    let dump = String::from_utf8_lossy(&pushed.stderr).into_owned() + &String::from_utf8_lossy(&pushed.stdout);
+    assert!(pushed.status.success(), "ctr push failed:\n{dump}");
+    assert!(dump.contains("mount="), "containerd did not try a cross-repository mount:\n{dump}");
+    let inspect =
+        server.skopeo(&["inspect", "--tls-verify=false", "--format", "{{.Digest}}", &format!("docker://{copy}")]);
+    assert_eq!(String::from_utf8_lossy(&inspect.stdout).trim(), digest);
+
+    // A pull-only key cannot push: 403 DENIED, one token request, no retry loop.
+    let (status, key) = api(
+        &server,
+        carol,
+        "POST",
+        "/api/v1/api-keys",
+        Some(json!({ "name": "puller", "scopes": [{ "repositories": "acme/**", "actions": ["pull"] }] })),
+    );
+    assert_eq!(status, 201);
+    let key_login = format!("carol:{}", key["key"].as_str().expect("key"));
+    containerd.ctr(&["content", "fetch", "--plain-http", "-u", &key_login, &app]);
+    let denied_ref = format!("{}/acme/denied:v1", server.host);
+    containerd.ctr(&["images", "tag", &app, &denied_ref]);
+    let refused =
+        containerd.ctr_output(&["images", "push", "--plain-http", "--http-dump", "-u", &key_login, &denied_ref]);
+    let dump = String::from_utf8_lossy(&refused.stderr).into_owned() + &String::from_utf8_lossy(&refused.stdout);
+    assert!(!refused.status.success(), "a pull-only key pushed:\n{dump}");
+    // (ctr does not dump error bodies; the body's DENIED code is checked in dataplane/tests/it/auth.rs.)
+    assert!(dump.contains("ctr: unexpected status: 403 Forbidden"), "{dump}");
+    assert!(dump.contains(r#"scope=\"repository:acme/denied:pull,push\",error=\"insufficient_scope\""#), "{dump}");
+    let token_requests = dump.matches("POST /v2/token").count() + dump.matches("GET /v2/token").count();
+    assert!((1..=2).contains(&token_requests), "{token_requests} token requests:\n{dump}");
+    let missing = server.http_as_admin("HEAD", "/v2/acme/denied/manifests/v1").expect("answer");
+    assert!(missing.starts_with("HTTP/1.0 404") || missing.starts_with("HTTP/1.1 404"), "{missing}");
+}

@@ -150,5 +150,7 @@ mod tests {
         done.status.as_mut().expect("status").phase = Some("Succeeded".into());
         assert!(digests(&done).is_empty());
         assert_eq!(digest_of("app@sha256:xyz"), None);
+        let sha512 = format!("sha512:{}", "c".repeat(128));
+        assert_eq!(digest_of(&format!("registry.test/acme/app@{sha512}")), Some(sha512));
     }
 }

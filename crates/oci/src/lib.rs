@@ -9,8 +9,9 @@ pub mod manifest;
 pub mod name;
 pub mod range;
 
+pub use digest::Algorithm;
 pub use digest::Digest;
 pub use error::ParseError;
-pub use hash::ResumableSha256;
+pub use hash::ResumableHash;
 pub use manifest::{Descriptor, ManifestKind, ParsedManifest};
 pub use name::{Reference, RepoName, TagName};

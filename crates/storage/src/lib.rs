@@ -50,7 +50,7 @@ pub enum Error {
 /// Result alias for this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// The key a blob is stored under: `blobs/sha256/<first 2 hex>/<hex>`.
+/// The key a blob is stored under: `blobs/<algorithm>/<first 2 hex>/<hex>`.
 pub fn blob_key(digest: &Digest) -> String {
     let hex = digest.hex();
     format!("blobs/{}/{}/{}", digest.algorithm(), &hex[..2], hex)

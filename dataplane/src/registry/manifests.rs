@@ -109,7 +109,12 @@ impl Registry {
         actor: &Actor,
     ) -> Result<(Digest, Option<Digest>)> {
         let parsed = manifest::parse(payload, content_type)?;
-        let digest = Digest::sha256_of(payload);
+        // Pushed by digest: verified, and stored, with that digest's algorithm; by tag: sha256.
+        let algorithm = match reference {
+            Reference::Digest(expected) => expected.kind(),
+            Reference::Tag(_) => aerugo_oci::Algorithm::Sha256,
+        };
+        let digest = algorithm.digest(payload);
         if let Reference::Digest(expected) = reference
             && expected != &digest
         {

@@ -6,7 +6,7 @@ use std::fmt::Display;
 use aerugo_db::registry::Repository;
 use aerugo_db::{PooledClient, registry, uploads};
 use aerugo_oci::range::ChunkRange;
-use aerugo_oci::{Digest, RepoName, ResumableSha256};
+use aerugo_oci::{Algorithm, Digest, RepoName, ResumableHash};
 use aerugo_storage::{AnyStore, AnyWriter, BlobStore, UploadState, UploadWriter};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -43,7 +43,7 @@ pub enum StartUpload {
 
 /// The bytes one request carried, written and hashed.
 struct Written<W> {
-    hasher: ResumableSha256,
+    hasher: ResumableHash,
     writer: W,
     received: u64,
 }
@@ -57,13 +57,15 @@ impl Registry {
         self.url(&format!("/v2/{name}/blobs/{digest}"))
     }
 
-    /// Opens an upload, mounts a blob from `mount_from`, or stores a monolithic body.
+    /// Opens an upload whose chunks are hashed with `algorithm` (`?digest-algorithm=`), mounts
+    /// a blob from `mount_from`, or stores a monolithic body.
     pub async fn start_upload<S, E>(
         &self,
         name: &RepoName,
         actor: &Actor,
         mount: Option<(Digest, Option<RepoName>)>,
         monolithic: Option<(Digest, S)>,
+        algorithm: Algorithm,
     ) -> Result<StartUpload>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -85,7 +87,8 @@ impl Registry {
             let id = Uuid::new_v4();
             let store = self.store.location(&repo.location).await?;
             let writer = store.resume_upload(id, UploadState::default(), Vec::new()).await?;
-            let written = write_body(writer, ResumableSha256::new(), 0, body, self.settings.body_idle_timeout).await?;
+            let hasher = ResumableHash::new(digest.kind());
+            let written = write_body(writer, hasher, 0, body, self.settings.body_idle_timeout).await?;
             self.publish(&repo, &repo.location, id, written, &digest, actor).await?;
             return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
         }
@@ -94,7 +97,7 @@ impl Registry {
             id,
             repository_id: repo.id,
             received_bytes: 0,
-            hash_state: ResumableSha256::new().to_state(),
+            hash_state: ResumableHash::new(algorithm).to_state(),
             store_state: json!(UploadState::default()),
             pending: Vec::new(),
             version: 0,
@@ -116,7 +119,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let (repo, upload, written) = self.receive(name, id, range, body).await?;
+        let (repo, upload, written) = self.receive(name, id, range, None, body).await?;
         let (state, pending) = written.writer.pause().await?;
         let saved = uploads::Upload {
             received_bytes: i64::try_from(written.received).map_err(|_| too_large())?,
@@ -148,7 +151,7 @@ impl Registry {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: Display,
     {
-        let (repo, upload, written) = self.receive(name, id, range, body).await?;
+        let (repo, upload, written) = self.receive(name, id, range, Some(digest), body).await?;
         let client = self.client().await?;
         let Some(lasted) = uploads::finish(&client, id, upload.version).await? else {
             return Err(RegistryError::BlobUploadUnknown);
@@ -223,12 +226,14 @@ impl Registry {
     }
 
     /// Loads session `id`, checks the chunk starts where the session stands, and streams the
-    /// body into it; the caller then records (PATCH) or publishes (PUT) what was written.
+    /// body into it; the caller then records (PATCH) or publishes (PUT, with the blob's
+    /// `digest`) what was written.
     async fn receive<S, E>(
         &self,
         name: &RepoName,
         id: Uuid,
         range: Option<ChunkRange>,
+        digest: Option<&Digest>,
         body: S,
     ) -> Result<(Repository, uploads::Upload, Written<AnyWriter>)>
     where
@@ -237,8 +242,24 @@ impl Registry {
     {
         let (repo, upload) = self.session(name, id).await?;
         self.check_range(name, &upload, range)?;
-        let hasher = ResumableSha256::from_state(&upload.hash_state)
+        let mut hasher = ResumableHash::from_state(&upload.hash_state)
             .map_err(|e| RegistryError::Internal(format!("upload {}: {e}", upload.id)))?;
+        if let Some(digest) = digest
+            && digest.kind() != hasher.algorithm()
+        {
+            // Nothing hashed yet (POST, then one PUT with the whole blob): hash with the
+            // digest's algorithm. Chunks already hashed cannot be hashed again without reading
+            // them back; the session stays as it was.
+            if upload.received_bytes != 0 {
+                return Err(RegistryError::DigestInvalid(format!(
+                    "this upload hashed its chunks with {}; to push a {} blob in chunks, open the upload with ?digest-algorithm={}",
+                    hasher.algorithm(),
+                    digest.algorithm(),
+                    digest.algorithm()
+                )));
+            }
+            hasher = ResumableHash::new(digest.kind());
+        }
         let (state, pending) = (store_state(&upload)?, upload.pending.clone());
         let store = self.store.location(&upload.location).await?;
         let writer = match store.resume_upload(upload.id, state, pending).await {
@@ -429,7 +450,7 @@ async fn copy_object(from: &AnyStore, key: &str, to: &AnyStore, digest: &Digest)
 /// where it was, and the client resumes from there).
 async fn write_body<S, E>(
     mut writer: AnyWriter,
-    mut hasher: ResumableSha256,
+    mut hasher: ResumableHash,
     mut received: u64,
     mut body: S,
     idle: std::time::Duration,

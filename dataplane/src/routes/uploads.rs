@@ -64,7 +64,13 @@ pub(super) async fn start(
         (None, Some(d)) => Some((digest(&d)?, body)),
         _ => None,
     };
-    Ok(match registry.start_upload(&name, &actor, mount, monolithic).await? {
+    // "When pushing a blob with a digest algorithm other than sha256, the post request SHOULD
+    // include the digest-algorithm parameter": the session hashes its chunks with it.
+    let algorithm = match query(&req, "digest-algorithm") {
+        Some(a) => a.parse::<aerugo_oci::Algorithm>()?,
+        None => aerugo_oci::Algorithm::default(),
+    };
+    Ok(match registry.start_upload(&name, &actor, mount, monolithic, algorithm).await? {
         StartUpload::Session(p) => {
             let mut response = progress(actix_web::http::StatusCode::ACCEPTED, &p);
             // "the registry MAY include an OCI-Chunk-Min-Length header": chunks below S3's part

@@ -4,7 +4,7 @@
 
 use actix_web::http::{Method, StatusCode};
 use actix_web::test::TestRequest;
-use aerugo_oci::Digest;
+use aerugo_oci::{Algorithm, Digest};
 use serde_json::json;
 
 use crate::harness::*;
@@ -552,4 +552,195 @@ async fn a_repository_the_caller_may_not_pull_is_404_like_a_missing_one() {
     }
     let anonymous = call(&app, Method::GET, "/v2/globex/secret/manifests/v1").await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}
+
+// --- Digest algorithms ------------------------------------------------------------------------
+
+/// Pushes `data` monolithically under its sha512 digest.
+async fn push_sha512_blob(app: &impl App, repo: &str, data: &[u8]) -> Digest {
+    let digest = Algorithm::Sha512.digest(data);
+    let reply = send(
+        app,
+        TestRequest::post().uri(&format!("/v2/{repo}/blobs/uploads/?digest={digest}")).set_payload(data.to_vec()),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{:?}", reply.body);
+    assert_eq!(reply.header("docker-content-digest"), Some(digest.as_str()));
+    digest
+}
+
+/// sha512, the image spec's other registered algorithm, end to end: "When pushing a blob with a
+/// digest algorithm other than sha256, the post request SHOULD include the digest-algorithm
+/// parameter"; the session hashes its chunks with it, on any node. Monolithic, POST-then-PUT,
+/// mount, HEAD (`Content-Length`, `Docker-Content-Digest`), ranges, a manifest over sha512 blobs
+/// pushed by its sha512 digest, referrers and deletes; stored under `blobs/sha512/`. "If the blob
+/// is not found in the repository, the response code MUST be 404 Not Found" for sha512 as for
+/// sha256, and only an algorithm the registry does not know is "invalid or uses an unsupported
+/// algorithm … 400 Bad Request" (`DIGEST_INVALID`).
+#[actix_web::test]
+async fn sha512_digests_end_to_end() {
+    let reg = fs_registry().await;
+    let app = app_with(&reg.registry, &reg.auth, &metrics(), Some(&reg.admin)).await;
+    let other_node = app_with(
+        &node(&reg, std::sync::Arc::new(aerugo_dataplane::cache::Cache::local())).await,
+        &reg.auth,
+        &metrics(),
+        Some(&reg.admin),
+    )
+    .await;
+    let repo = "sha512/app";
+
+    // Monolithic POST, then HEAD, GET and a range.
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config_digest = push_sha512_blob(&app, repo, &config).await;
+    let head = call(&app, Method::HEAD, &format!("/v2/{repo}/blobs/{config_digest}")).await;
+    assert_eq!((head.status, head.length), (StatusCode::OK, Some(config.len() as u64)));
+    assert_eq!(head.header("docker-content-digest"), Some(config_digest.as_str()));
+    let get = call(&other_node, Method::GET, &format!("/v2/{repo}/blobs/{config_digest}")).await;
+    assert_eq!((get.status, &get.body[..]), (StatusCode::OK, &config[..]));
+    let part = send(
+        &app,
+        TestRequest::get().uri(&format!("/v2/{repo}/blobs/{config_digest}")).insert_header(("range", "bytes=2-5")),
+    )
+    .await;
+    assert_eq!((part.status, &part.body[..]), (StatusCode::PARTIAL_CONTENT, &config[2..6]));
+    let hex = config_digest.hex();
+    assert!(reg.storage_dir().join(format!("blobs/sha512/{}/{hex}", &hex[..2])).is_file(), "stored under sha512");
+
+    // Chunks hashed with sha512 on one node, continued and closed on the other.
+    let layer = bytes_of(300_000, 51);
+    let layer_digest = Algorithm::Sha512.digest(&layer);
+    let opened = call(&app, Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest-algorithm=sha512")).await;
+    assert_eq!(opened.status, StatusCode::ACCEPTED);
+    let mut location = opened.header("location").expect("location").to_owned();
+    for (i, chunk) in layer.chunks(100_000).enumerate() {
+        let node = if i % 2 == 0 { &app } else { &other_node };
+        let start = i * 100_000;
+        let reply = send(
+            node,
+            TestRequest::patch()
+                .uri(&location)
+                .insert_header(("content-range", format!("{start}-{}", start + chunk.len() - 1)))
+                .set_payload(chunk.to_vec()),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "chunk {i}: {:?}", reply.body);
+        location = reply.header("location").expect("location").to_owned();
+    }
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let done = call(&other_node, Method::PUT, &format!("{location}{sep}digest={layer_digest}")).await;
+    assert_eq!(done.status, StatusCode::CREATED, "{:?}", done.body);
+    assert_eq!(done.header("docker-content-digest"), Some(layer_digest.as_str()));
+    assert_eq!(call(&app, Method::GET, &format!("/v2/{repo}/blobs/{layer_digest}")).await.body, layer);
+
+    // POST then one PUT with the whole blob: nothing was hashed yet, so the PUT's algorithm is used.
+    let whole = bytes_of(5_000, 52);
+    let whole_digest = Algorithm::Sha512.digest(&whole);
+    let location = start_upload(&app, repo).await;
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let done =
+        send(&app, TestRequest::put().uri(&format!("{location}{sep}digest={whole_digest}")).set_payload(whole.clone()))
+            .await;
+    assert_eq!(done.status, StatusCode::CREATED, "{:?}", done.body);
+
+    // Chunks hashed with sha256 cannot be closed as sha512: a clear 400, and the session is intact.
+    let location = start_upload(&app, repo).await;
+    let first = send(&app, TestRequest::patch().uri(&location).set_payload(whole[..1000].to_vec())).await;
+    let location = first.header("location").expect("location").to_owned();
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let refused = send(
+        &app,
+        TestRequest::put().uri(&format!("{location}{sep}digest={whole_digest}")).set_payload(whole[1000..].to_vec()),
+    )
+    .await;
+    assert_eq!((refused.status, refused.error_code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    assert!(String::from_utf8_lossy(&refused.body).contains("digest-algorithm=sha512"), "{:?}", refused.body);
+    let status = call(&app, Method::GET, &location).await;
+    assert_eq!((status.status, status.header("range")), (StatusCode::NO_CONTENT, Some("0-999")));
+    let sha256 = Digest::sha256_of(&whole);
+    let closed = send(
+        &app,
+        TestRequest::put().uri(&format!("{location}{sep}digest={sha256}")).set_payload(whole[1000..].to_vec()),
+    )
+    .await;
+    assert_eq!(closed.status, StatusCode::CREATED, "{:?}", closed.body);
+
+    // Content that does not hash to the sha512 digest given is refused.
+    let wrong = send(
+        &app,
+        TestRequest::post().uri(&format!("/v2/{repo}/blobs/uploads/?digest={whole_digest}")).set_payload(b"x".to_vec()),
+    )
+    .await;
+    assert_eq!((wrong.status, wrong.error_code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+
+    // A manifest over sha512 blobs, pushed by its sha512 digest, pulled by it, and by a tag.
+    let manifest = image_manifest(&(config_digest.clone(), config.len()), &[(layer_digest.clone(), layer.len())]);
+    let manifest_digest = Algorithm::Sha512.digest(&manifest);
+    let pushed = put_manifest(&app, repo, manifest_digest.as_str(), OCI_MANIFEST, &manifest).await;
+    assert_eq!(pushed.status, StatusCode::CREATED, "{:?}", pushed.body);
+    assert_eq!(pushed.header("docker-content-digest"), Some(manifest_digest.as_str()));
+    for node in [&app, &other_node] {
+        let pulled = call(node, Method::GET, &format!("/v2/{repo}/manifests/{manifest_digest}")).await;
+        assert_eq!((pulled.status, &pulled.body[..]), (StatusCode::OK, &manifest[..]));
+        assert_eq!(pulled.header("docker-content-digest"), Some(manifest_digest.as_str()));
+        let head = call(node, Method::HEAD, &format!("/v2/{repo}/manifests/{manifest_digest}")).await;
+        assert_eq!((head.status, head.length), (StatusCode::OK, Some(manifest.len() as u64)));
+    }
+    let mut tampered = manifest.clone();
+    tampered.push(b'\n');
+    let refused = put_manifest(&app, repo, manifest_digest.as_str(), OCI_MANIFEST, &tampered).await;
+    assert_eq!((refused.status, refused.error_code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"));
+    // By tag the canonical algorithm is used.
+    let tagged = put_manifest(&app, repo, "v1", OCI_MANIFEST, &manifest).await;
+    assert_eq!(tagged.header("docker-content-digest"), Some(Digest::sha256_of(&manifest).as_str()));
+    // A referrer of the sha512 manifest.
+    let signature = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/example.sig",
+        "config": { "mediaType": "application/vnd.oci.empty.v1+json", "digest": config_digest, "size": config.len() },
+        "layers": [],
+        "subject": { "mediaType": OCI_MANIFEST, "digest": manifest_digest, "size": manifest.len() },
+    }))
+    .expect("json");
+    let signature_digest = Algorithm::Sha512.digest(&signature);
+    let pushed = put_manifest(&app, repo, signature_digest.as_str(), OCI_MANIFEST, &signature).await;
+    assert_eq!(pushed.status, StatusCode::CREATED, "{:?}", pushed.body);
+    let referrers = call(&app, Method::GET, &format!("/v2/{repo}/referrers/{manifest_digest}")).await;
+    assert_eq!(referrers.json()["manifests"][0]["digest"], json!(signature_digest));
+
+    // Mount into another repository.
+    let mounted =
+        call(&app, Method::POST, &format!("/v2/sha512/other/blobs/uploads/?mount={layer_digest}&from={repo}")).await;
+    assert_eq!(mounted.status, StatusCode::CREATED);
+    assert_eq!(mounted.header("docker-content-digest"), Some(layer_digest.as_str()));
+
+    // Missing: 404 for sha512 as for sha256; unknown algorithms: 400 DIGEST_INVALID.
+    let absent = Algorithm::Sha512.digest(b"absent");
+    for uri in [format!("/v2/{repo}/blobs/{absent}"), format!("/v2/never/pushed/blobs/{absent}")] {
+        let reply = call(&app, Method::GET, &uri).await;
+        assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"), "{uri}");
+        assert_eq!(call(&app, Method::HEAD, &uri).await.status, StatusCode::NOT_FOUND, "HEAD {uri}");
+    }
+    let reply = call(&app, Method::GET, &format!("/v2/{repo}/manifests/{absent}")).await;
+    assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN"));
+    let sha384 =
+        "sha384:38b060a751ac96384cd9327eb1b1e36a21fdb71114be07434c0cc7bf63f6e1da274edebfe76f65fbd51ad2f14898b95b";
+    for (method, uri) in [
+        (Method::GET, format!("/v2/{repo}/blobs/{sha384}")),
+        (Method::GET, format!("/v2/{repo}/manifests/{sha384}")),
+        (Method::POST, format!("/v2/{repo}/blobs/uploads/?digest-algorithm=sha384")),
+        (Method::POST, format!("/v2/{repo}/blobs/uploads/?digest={sha384}")),
+    ] {
+        let reply = call(&app, method, &uri).await;
+        assert_eq!((reply.status, reply.error_code().as_str()), (StatusCode::BAD_REQUEST, "DIGEST_INVALID"), "{uri}");
+    }
+
+    // Deletes by sha512 digest: the referrer, the manifest; then a blob no manifest uses.
+    for digest in [&signature_digest, &manifest_digest] {
+        let uri = format!("/v2/{repo}/manifests/{digest}");
+        assert_eq!(call(&app, Method::DELETE, &uri).await.status, StatusCode::ACCEPTED, "{uri}");
+        assert_eq!(call(&app, Method::GET, &uri).await.status, StatusCode::NOT_FOUND);
+    }
+    let uri = format!("/v2/{repo}/blobs/{whole_digest}");
+    assert_eq!(call(&app, Method::DELETE, &uri).await.status, StatusCode::ACCEPTED);
+    assert_eq!(call(&app, Method::HEAD, &uri).await.status, StatusCode::NOT_FOUND);
 }
