@@ -1,5 +1,5 @@
-//! `/v2/<name>/blobs/uploads/…`: POST (session, monolithic, mount), PATCH (chunked or
-//! streamed), PUT (complete), GET (status), DELETE (cancel).
+//! `/v2/<name>/blobs/uploads/…`: POST (session, hashed with `?digest-algorithm=`; monolithic;
+//! mount), PATCH (chunked or streamed), PUT (complete), GET (status), DELETE (cancel).
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
