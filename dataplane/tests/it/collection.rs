@@ -516,22 +516,8 @@ async fn sha512_content_on_s3_is_uploaded_across_nodes_served_and_collected() {
     let layer_digest = Algorithm::Sha512.digest(&layer);
     let opened = call(&node_a, Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest-algorithm=sha512")).await;
     assert_eq!(opened.status, StatusCode::ACCEPTED);
-    let mut location = opened.header("location").expect("location").to_owned();
-    const CHUNK: usize = 3 * 1024 * 1024;
-    for (i, chunk) in layer.chunks(CHUNK).enumerate() {
-        let node = if i % 2 == 0 { &node_a } else { &node_b };
-        let start = i * CHUNK;
-        let reply = send(
-            node,
-            actix_web::test::TestRequest::patch()
-                .uri(&location)
-                .insert_header(("content-range", format!("{start}-{}", start + chunk.len() - 1)))
-                .set_payload(chunk.to_vec()),
-        )
-        .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "chunk {i}: {:?}", reply.body);
-        location = reply.header("location").expect("location").to_owned();
-    }
+    let location = opened.header("location").expect("location");
+    let location = patch_in_chunks(&[&node_a, &node_b], location, &layer, 3 * 1024 * 1024).await;
     let done = call(&node_b, Method::PUT, &format!("{location}?digest={layer_digest}")).await;
     assert_eq!(done.status, StatusCode::CREATED, "{:?}", done.body);
     let config_body = br#"{"architecture":"amd64","os":"linux","sha":512}"#.to_vec();

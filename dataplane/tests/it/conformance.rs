@@ -612,21 +612,8 @@ async fn sha512_digests_end_to_end() {
     let layer_digest = Algorithm::Sha512.digest(&layer);
     let opened = call(&app, Method::POST, &format!("/v2/{repo}/blobs/uploads/?digest-algorithm=sha512")).await;
     assert_eq!(opened.status, StatusCode::ACCEPTED);
-    let mut location = opened.header("location").expect("location").to_owned();
-    for (i, chunk) in layer.chunks(100_000).enumerate() {
-        let node = if i % 2 == 0 { &app } else { &other_node };
-        let start = i * 100_000;
-        let reply = send(
-            node,
-            TestRequest::patch()
-                .uri(&location)
-                .insert_header(("content-range", format!("{start}-{}", start + chunk.len() - 1)))
-                .set_payload(chunk.to_vec()),
-        )
-        .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "chunk {i}: {:?}", reply.body);
-        location = reply.header("location").expect("location").to_owned();
-    }
+    let location = opened.header("location").expect("location");
+    let location = patch_in_chunks(&[&app, &other_node], location, &layer, 100_000).await;
     let sep = if location.contains('?') { '&' } else { '?' };
     let done = call(&other_node, Method::PUT, &format!("{location}{sep}digest={layer_digest}")).await;
     assert_eq!(done.status, StatusCode::CREATED, "{:?}", done.body);

@@ -294,6 +294,26 @@ pub async fn start_upload(app: &impl App, repo: &str) -> String {
     reply.header("location").expect("location").to_owned()
 }
 
+/// Sends `data` to the upload at `location` in `chunk`-byte PATCHes with `Content-Range`, each
+/// to the next of `nodes` in turn; returns the Location to close the upload at.
+pub async fn patch_in_chunks<A: App>(nodes: &[&A], location: &str, data: &[u8], chunk: usize) -> String {
+    let mut location = location.to_owned();
+    for (i, part) in data.chunks(chunk).enumerate() {
+        let start = i * chunk;
+        let reply = send(
+            nodes[i % nodes.len()],
+            TestRequest::patch()
+                .uri(&location)
+                .insert_header(("content-range", format!("{start}-{}", start + part.len() - 1)))
+                .set_payload(part.to_vec()),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "chunk {i}: {:?}", reply.body);
+        location = reply.header("location").expect("location").to_owned();
+    }
+    location
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn bytes_of(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);

@@ -48,21 +48,8 @@ async fn multipart_upload_across_two_nodes_with_small_chunks() {
     // 12 MiB + a bit: two full 5 MiB parts and a last part, sent in 3 MiB chunks so every
     // request ends with a tail below the part minimum that the next node must pick up.
     let data = bytes_of(12 * 1024 * 1024 + 12_345, 12);
-    let mut location = start_upload(&node_a, "s3/multi").await;
-    for (i, chunk) in data.chunks(3 * 1024 * 1024).enumerate() {
-        let node = if i % 2 == 0 { &node_a } else { &node_b };
-        let start = i * 3 * 1024 * 1024;
-        let reply = send(
-            node,
-            TestRequest::patch()
-                .uri(&location)
-                .insert_header(("content-range", format!("{}-{}", start, start + chunk.len() - 1)))
-                .set_payload(chunk.to_vec()),
-        )
-        .await;
-        assert_eq!(reply.status, StatusCode::ACCEPTED, "chunk {i}: {:?}", reply.body);
-        location = reply.header("location").expect("location").to_owned();
-    }
+    let location = start_upload(&node_a, "s3/multi").await;
+    let location = patch_in_chunks(&[&node_a, &node_b], &location, &data, 3 * 1024 * 1024).await;
     let digest = Digest::sha256_of(&data);
     let done = call(&node_b, Method::PUT, &format!("{location}?digest={digest}")).await;
     assert_eq!(done.status, StatusCode::CREATED, "{:?}", done.body);
