@@ -1049,6 +1049,15 @@ async fn a_bucket_is_claimed_by_one_organization_only() {
     });
     create(&h, "team", registry).await;
     wait_reason::<aerugo_crds::Registry>(&h, "team", "shared", "False", "BucketTaken").await;
+    // The Registry goes first: it would otherwise race the other organization for the bucket
+    // acme lets go (whichever resyncs first claims it).
+    let registries: Api<aerugo_crds::Registry> = Api::namespaced(h.client.clone(), "team");
+    registries.delete("shared", &DeleteParams::default()).await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while registries.get_opt("shared").await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the Registry was not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // acme gives its bucket up (no blobs yet): the other organization gets it.
     let orgs: Api<Organization> = Api::namespaced(h.client.clone(), "team");
     orgs.patch("acme", &PatchParams::default(), &Patch::Merge(&json!({ "spec": { "storage": null } }))).await.unwrap();
