@@ -7,7 +7,10 @@
 #   ./scripts/dev.sh test   every test: the Helm chart (lint, render, schema validation), fmt,
 #                           clippy, unit, HTTP, conformance, Postgres, Garage S3, real clients
 #                           (skopeo, oras, podman, containerd's ctr), the operator on the API
-#                           emulator, and the end-to-end run of the whole product.
+#                           emulator, the container image run with podman, and the end-to-end
+#                           run of the whole product.
+#   ./scripts/dev.sh image  the container image of both binaries as an OCI layout, with buildah
+#                           and no base image (.aerugo/image/oci; see cmd_image).
 #   ./scripts/dev.sh bench  the benchmark against CNCF Distribution (see bench/README.md).
 set -euo pipefail
 
@@ -249,8 +252,54 @@ cmd_run() {
   wait "${PIDS[@]}"
 }
 
+# The container image of both binaries without a Docker engine or a base image: the rootfs is
+# made here by scripts/image-rootfs.sh (the binaries, the libraries they load, CA bundle,
+# passwd), and buildah builds the Dockerfile's runtime stage (from `FROM scratch` on) on top of
+# it, so the Dockerfile stays the one declaration of entrypoint, user, ports and environment.
+# Written as an OCI layout: oci:.aerugo/image/oci:<version> (AERUGO_IMAGE_TAG overrides the
+# tag); AERUGO_BUILD_PROFILE=dev packs debug binaries. The last line printed is the reference.
+cmd_image() {
+  local profile=${AERUGO_BUILD_PROFILE:-release} bindir
+  case $profile in
+    release) bindir=$CARGO_TARGET_DIR/release ;;
+    dev) bindir=$CARGO_TARGET_DIR/debug ;;
+    *) log "AERUGO_BUILD_PROFILE=$profile: release or dev"; exit 2 ;;
+  esac
+  apt_install buildah skopeo ca-certificates
+  local version
+  version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
+  local dir=$STATE/image tag=${AERUGO_IMAGE_TAG:-$version}
+  grep -q '^FROM scratch$' "$ROOT/Dockerfile" || { log "the Dockerfile has no 'FROM scratch' runtime stage"; exit 1; }
+  build --profile "$profile"
+  rm -rf "$dir/context" "$dir/oci"
+  mkdir -p "$dir/context"
+  "$ROOT/scripts/image-rootfs.sh" "$dir/context/rootfs" "$bindir/aerugo-dataplane" "$bindir/aerugo-operator"
+  {
+    echo "FROM scratch AS build"
+    echo "COPY rootfs/ /rootfs/"
+    sed -n '/^FROM scratch$/,$p' "$ROOT/Dockerfile"
+  } >"$dir/context/Containerfile"
+  local name=localhost/aerugo-image-build:$$
+  log "buildah bud (the Dockerfile's runtime stage) -> oci:$dir/oci:$tag"
+  # --timestamp 0: the same binaries give the same image digest.
+  buildah bud --quiet --layers=false --format oci --timestamp 0 -f "$dir/context/Containerfile" -t "$name" "$dir/context" >/dev/null
+  buildah push --quiet "$name" "oci:$dir/oci:$tag"
+  buildah rmi "$name" >/dev/null
+  python3 - "$dir/oci" "$dir/context/rootfs" <<'PY' >&2
+import json, os, sys
+layout, rootfs = sys.argv[1], sys.argv[2]
+def blob(digest):
+    return json.load(open(os.path.join(layout, "blobs", *digest.split(":"))))
+manifest = blob(json.load(open(os.path.join(layout, "index.json")))["manifests"][0]["digest"])
+compressed = sum(layer["size"] for layer in manifest["layers"])
+unpacked = sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(rootfs) for f in fs)
+print(f"image: {compressed / 2**20:.1f} MiB compressed, {unpacked / 2**20:.1f} MiB unpacked, {len(manifest['layers'])} layer(s)")
+PY
+  echo "oci:$dir/oci:$tag"
+}
+
 cmd_test() {
-  apt_install skopeo podman buildah containerd curl python3-pip git nginx openssl
+  apt_install skopeo podman buildah runc containerd curl python3-pip git nginx openssl ca-certificates
   # kubectl drives the API emulator in one test: the machine's if it has one, else Debian's.
   command -v kubectl >/dev/null || apt_install kubernetes-client
   pip_install oras oras
@@ -271,6 +320,11 @@ cmd_test() {
   log "cargo clippy"
   cargo clippy --workspace --all-targets -- -D warnings
   build
+  # The image, as `dev.sh image` builds it (e2e/tests/image.rs runs it with podman as the chart
+  # runs it); AERUGO_IMAGE_PROFILE=dev packs the debug build instead of building release.
+  export AERUGO_TEST_IMAGE_PROFILE=${AERUGO_IMAGE_PROFILE:-release}
+  AERUGO_TEST_IMAGE=$(AERUGO_BUILD_PROFILE=$AERUGO_TEST_IMAGE_PROFILE cmd_image | tail -1)
+  export AERUGO_TEST_IMAGE
   export AERUGO_DATAPLANE_BIN=$CARGO_TARGET_DIR/debug/aerugo-dataplane
   export AERUGO_OPERATOR_BIN=$CARGO_TARGET_DIR/debug/aerugo-operator
   # Each of the 7 fuzz targets (crates/oci/tests/fuzz.rs, crates/auth/tests/fuzz.rs) runs this long.
@@ -331,12 +385,23 @@ cmd_bench_gc() {
     CONNS=${CONNS:-64} "$ROOT/bench/gc.sh" "$@"
 }
 
+# Cold start of the image (podman run to /readyz) beside the binary started directly.
+cmd_bench_image() {
+  apt_install podman runc curl
+  ensure_postgres
+  local image
+  image=$(cmd_image | tail -1)
+  AERUGO_BIN=$CARGO_TARGET_DIR/release/aerugo-dataplane AERUGO_IMAGE=$image "$ROOT/bench/image.sh" "$@"
+}
+
 case "${1:-}" in
   run) cmd_run ;;
   test) cmd_test ;;
+  image) cmd_image ;;
   bench) shift; cmd_bench "$@" ;;
   bench-pull) shift; cmd_bench_pull "$@" ;;
   bench-operator) shift; cmd_bench_operator "$@" ;;
   bench-gc) shift; cmd_bench_gc "$@" ;;
-  *) echo "usage: $0 run|test|bench|bench-pull|bench-operator|bench-gc" >&2; exit 2 ;;
+  bench-image) shift; cmd_bench_image "$@" ;;
+  *) echo "usage: $0 run|test|image|bench|bench-pull|bench-operator|bench-gc|bench-image" >&2; exit 2 ;;
 esac

@@ -101,7 +101,9 @@ enum TokenCommand {
 fn main() -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AERUGO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    // Colours only on a terminal: a container's log is a file or a pipe.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).init();
     match Cli::parse().command {
         Command::Serve(args) => actix_web::rt::System::new().block_on(serve(*args)),
         Command::Fsck(args) => {

@@ -218,6 +218,8 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| "info,kube=warn,tower=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a container's log is a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Crd { out } => crd(out),
