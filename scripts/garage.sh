@@ -45,6 +45,14 @@ root_domain = ".s3.garage.localhost"
 api_bind_addr = "127.0.0.1:$((port + 3))"
 TOML
   if ! (garage -c "$cfg" status >/dev/null 2>&1); then
+    # Not this directory's Garage: a port taken by another one would abort it with an RPC error.
+    local p
+    for p in "$port" "$((port + 1))" "$((port + 3))"; do
+      if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+        echo "127.0.0.1:$p is in use by another process (a Garage of another checkout? scripts/garage.sh stop <its state dir>)" >&2
+        exit 1
+      fi
+    done
     nohup garage -c "$cfg" server >"$dir/garage.log" 2>&1 &
     echo $! >"$dir/garage.pid"
     for _ in $(seq 1 100); do garage -c "$cfg" status >/dev/null 2>&1 && break; sleep 0.1; done
