@@ -73,10 +73,20 @@ pub async fn fresh_database() -> String {
     aerugo_db::testing::fresh_database().await.unwrap_or_else(|e| panic!("fresh database (is Postgres running?): {e}"))
 }
 
-/// A free loopback port.
+/// A free loopback port, never one this process was given before: the listener that found it
+/// is closed at once, so the kernel may hand the same port out again (two calls in a row once
+/// gave a data plane the same listen and admin port).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("addr: {e}"))
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("addr: {e}"));
+        let mut given = GIVEN.lock().unwrap_or_else(PoisonError::into_inner);
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Server {
