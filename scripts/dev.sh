@@ -183,6 +183,15 @@ check_chart() {
   done
 }
 
+# BINDIR: where the build profile $1 (release or dev) puts the binaries.
+profile_bindir() {
+  case $1 in
+    release) BINDIR=$CARGO_TARGET_DIR/release ;;
+    dev) BINDIR=$CARGO_TARGET_DIR/debug ;;
+    *) log "AERUGO_BUILD_PROFILE=$1: release or dev"; exit 2 ;;
+  esac
+}
+
 build() {
   log "building ($CARGO_TARGET_DIR)"
   cargo build --workspace --bins "$@"
@@ -196,11 +205,8 @@ cmd_run() {
   # serves a debug build (the front-door test does, to reuse the test build's dependencies).
   local db=${AERUGO_DEV_DATABASE:-aerugo_dev} profile=${AERUGO_BUILD_PROFILE:-release}
   [[ $db =~ ^[a-z_][a-z0-9_]*$ ]] || { log "AERUGO_DEV_DATABASE=$db: lowercase letters, digits and _ only"; exit 2; }
-  case $profile in
-    release) local bindir=$CARGO_TARGET_DIR/release ;;
-    dev) local bindir=$CARGO_TARGET_DIR/debug ;;
-    *) log "AERUGO_BUILD_PROFILE=$profile: release or dev"; exit 2 ;;
-  esac
+  profile_bindir "$profile"
+  local bindir=$BINDIR
   export AERUGO_LISTEN=${AERUGO_LISTEN:-127.0.0.1:5000}
   export AERUGO_ADMIN_LISTEN=${AERUGO_ADMIN_LISTEN:-127.0.0.1:9102}
   for address in "$AERUGO_LISTEN" "$AERUGO_ADMIN_LISTEN"; do
@@ -259,12 +265,9 @@ cmd_run() {
 # Written as an OCI layout: oci:.aerugo/image/oci:<version> (AERUGO_IMAGE_TAG overrides the
 # tag); AERUGO_BUILD_PROFILE=dev packs debug binaries. The last line printed is the reference.
 cmd_image() {
-  local profile=${AERUGO_BUILD_PROFILE:-release} bindir
-  case $profile in
-    release) bindir=$CARGO_TARGET_DIR/release ;;
-    dev) bindir=$CARGO_TARGET_DIR/debug ;;
-    *) log "AERUGO_BUILD_PROFILE=$profile: release or dev"; exit 2 ;;
-  esac
+  local profile=${AERUGO_BUILD_PROFILE:-release}
+  profile_bindir "$profile"
+  local bindir=$BINDIR
   apt_install buildah skopeo ca-certificates
   local version
   version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)

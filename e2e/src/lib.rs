@@ -68,6 +68,11 @@ pub fn operator_bin() -> PathBuf {
     dataplane_bin().with_file_name("aerugo-operator")
 }
 
+/// The checkout's root (the workspace's directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
 /// A fresh, migrated database for one test.
 pub async fn fresh_database() -> String {
     aerugo_db::testing::fresh_database().await.unwrap_or_else(|e| panic!("fresh database (is Postgres running?): {e}"))
@@ -383,7 +388,7 @@ impl EmulatedCluster {
     /// Starts one.
     pub async fn start() -> EmulatedCluster {
         let emulator = aerugo_kube_emulator::Emulator::new();
-        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
+        let crds = repo_root().join("crds");
         emulator.install_crds_from(&crds).unwrap_or_else(|e| panic!("CRDs: {e}"));
         let api = emulator.serve().await.unwrap_or_else(|e| panic!("loopback: {e}"));
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));

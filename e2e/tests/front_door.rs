@@ -9,16 +9,12 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail by panicking
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aerugo_e2e::*;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Copies the files git tracks or would track (not ignored) from `root` into `dest`.
 fn fresh_copy(root: &Path, dest: &Path) {

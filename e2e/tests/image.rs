@@ -47,7 +47,7 @@ fn manifest_digest(layout: &Path, tag: &str) -> String {
 
 /// The Dockerfile's runtime stage: the lines from `FROM scratch` on, continuation lines joined.
 fn runtime_stage() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Dockerfile");
+    let path = repo_root().join("Dockerfile");
     let text = std::fs::read_to_string(&path).expect("Dockerfile");
     let stage = text.split("\nFROM scratch\n").nth(1).expect("the Dockerfile has a FROM scratch runtime stage");
     let mut lines = Vec::new();
@@ -104,11 +104,9 @@ fn the_image_declares_what_the_dockerfile_the_chart_and_the_operator_run() {
     assert_eq!(runs["Cmd"], serde_json::json!(["serve"]));
     assert_eq!(runs["User"], "65532:65532");
     let helpers =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/aerugo/templates/_helpers.tpl"))
-            .expect("chart helpers");
+        std::fs::read_to_string(repo_root().join("charts/aerugo/templates/_helpers.tpl")).expect("chart helpers");
     assert!(helpers.contains("runAsUser: 65532") && helpers.contains("runAsGroup: 65532"), "the chart runs as 65532");
-    let operator = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/src/registry.rs"))
-        .expect("operator registry");
+    let operator = std::fs::read_to_string(repo_root().join("operator/src/registry.rs")).expect("operator registry");
     assert!(operator.contains("HTTP_PORT: i32 = 5000") && operator.contains("ADMIN_PORT: i32 = 9090"));
     for port in ["5000/tcp", "9090/tcp", "8081/tcp"] {
         assert!(exposed.iter().any(|p| p == port), "{port} is not exposed: {exposed:?}");
@@ -214,7 +212,7 @@ fn the_image_runs_as_the_chart_runs_it_and_the_registry_hosts_its_own_image() {
         output_text(&out)
     };
     let first = migrate(&format!("aerugo-image-migrate-{id}"), "aerugo-operator");
-    let migrations = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations"))
+    let migrations = std::fs::read_dir(repo_root().join("migrations"))
         .expect("migrations")
         .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "sql")))
         .count();
@@ -311,9 +309,8 @@ fn the_image_runs_as_the_chart_runs_it_and_the_registry_hosts_its_own_image() {
         .args([format!("{remote}@{digest}"), format!("oci:{}:{tag}", back.display())]));
     assert_eq!(manifest_digest(&back, &tag), digest);
     let manifest = read_json(&blob(&layout, &digest));
-    let pulled_layers: Vec<&str> =
-        manifest["layers"].as_array().expect("layers").iter().map(|l| l["digest"].as_str().expect("digest")).collect();
-    for layer in pulled_layers.iter().copied().chain([manifest["config"]["digest"].as_str().expect("config")]) {
+    let layers = manifest["layers"].as_array().expect("layers").iter().map(|l| l["digest"].as_str().expect("digest"));
+    for layer in layers.chain([manifest["config"]["digest"].as_str().expect("config")]) {
         let original = std::fs::read(blob(&layout, layer)).expect("blob");
         let copy = std::fs::read(blob(&back, layer)).expect("pulled blob");
         assert!(original == copy, "{layer} differs after the round trip");

@@ -35,7 +35,7 @@ async fn example_keys_push_and_pull_with_skopeo() {
     let server = Server::start(&database, Storage::File);
     let work = tempfile::tempdir().expect("tempdir");
     let secrets = work.path().join("secrets");
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples = repo_root().join("examples");
     let out = run(Command::new(operator_bin())
         .arg("apply")
         .arg("-f")
@@ -97,7 +97,7 @@ async fn the_operator_binary_reconciles_examples_through_a_kubeconfig() {
     let database = database_with_admin().await;
     let cluster = EmulatedCluster::start().await;
     let (emulator, kubeconfig) = (&cluster.emulator, &cluster.kubeconfig);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo_root();
     let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let _operator =
         operator_process(kubeconfig, &database, "operator-0", &[("AERUGO_OPERATOR_ADMIN_LISTEN", admin.as_str())]);

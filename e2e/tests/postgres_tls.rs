@@ -146,7 +146,7 @@ async fn every_sslmode_behaves_as_libpq_and_both_binaries_connect_over_tls() {
         .unwrap();
     assert!(!refused.status.success(), "the data plane refuses a server whose name does not match");
     let secrets = tempfile::tempdir().unwrap();
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples = repo_root().join("examples");
     let applied = Command::new(operator_bin())
         .args(["apply", "-f"])
         .arg(&examples)

@@ -8,7 +8,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail by panicking
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -22,10 +22,6 @@ use serde_json::{Value, json};
 /// apart from the operator's in the request record.
 const USER: &str = "aerugo-e2e-user";
 const SYSTEM: &str = "aerugo-system";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn s3_env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run ./scripts/dev.sh test)"))
@@ -41,7 +37,7 @@ fn render(args: &[&str]) -> Vec<Value> {
     let out = run(Command::new(helm())
         .args(["template", "aerugo", "charts/aerugo", "--namespace", SYSTEM])
         .args(args)
-        .current_dir(root()));
+        .current_dir(repo_root()));
     serde_saphyr::from_multiple::<Value>(&String::from_utf8_lossy(&out.stdout))
         .expect("rendered YAML")
         .into_iter()
@@ -176,7 +172,7 @@ fn oras(user: &str, password: &str, args: &[&str]) -> Output {
     Command::new("python3")
         .env("AERUGO_E2E_USER", user)
         .env("AERUGO_E2E_PASSWORD", password)
-        .arg(root().join("e2e/fixtures/oras_client.py"))
+        .arg(repo_root().join("e2e/fixtures/oras_client.py"))
         .args(args)
         .output()
         .expect("python3 runs")
@@ -299,7 +295,7 @@ async fn examples_through_the_operator_serve_pushes_and_pulls_on_two_nodes() {
     // `kubectl apply -f examples/`, with the Registry pointed at this machine's Garage.
     let mut objects = Vec::new();
     for file in ["registry.yaml", "acme.yaml"] {
-        let text = std::fs::read_to_string(root().join("examples").join(file)).unwrap();
+        let text = std::fs::read_to_string(repo_root().join("examples").join(file)).unwrap();
         for mut doc in serde_saphyr::from_multiple::<Value>(&text).unwrap() {
             if doc["kind"] == "Registry" {
                 let storage = &mut doc["spec"]["storage"];

@@ -4,7 +4,6 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail by panicking
 
-use std::path::Path;
 use std::process::Command;
 
 use aerugo_e2e::*;
@@ -130,7 +129,7 @@ async fn the_operator_does_not_print_the_keys_it_generates() {
         .await
         .expect("user");
     let secrets = tempfile::tempdir().expect("tempdir");
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let examples = repo_root().join("examples");
     let out = run(Command::new(operator_bin())
         .args(["apply", "-f"])
         .arg(&examples)
