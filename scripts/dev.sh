@@ -11,7 +11,9 @@
 #                           run of the whole product.
 #   ./scripts/dev.sh image  the container image of both binaries as an OCI layout, with buildah
 #                           and no base image (.aerugo/image/oci; see cmd_image).
-#   ./scripts/dev.sh bench  the benchmark against CNCF Distribution (see bench/README.md).
+#   ./scripts/dev.sh bench  the benchmark against CNCF Distribution (bench/run.sh);
+#                           bench-pull, bench-operator, bench-gc, bench-image and bench-events
+#                           measure one part each (docs/benchmarks.md).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -388,6 +390,16 @@ cmd_bench_gc() {
     CONNS=${CONNS:-64} "$ROOT/bench/gc.sh" "$@"
 }
 
+# Push throughput without events, with events recorded, and with them delivered to a
+# subscription, in alternating rounds; delivery lag (e2e/examples/bench_events.rs).
+cmd_bench_events() {
+  ensure_postgres
+  export AERUGO_TEST_DATABASE_URL=$AERUGO_PG_ADMIN_URL
+  build --release
+  AERUGO_DATAPLANE_BIN=$CARGO_TARGET_DIR/release/aerugo-dataplane \
+    cargo run --release -q -p aerugo-e2e --example bench_events -- "$@"
+}
+
 # Cold start of the image (podman run to /readyz) beside the binary started directly.
 cmd_bench_image() {
   apt_install podman runc curl
@@ -406,5 +418,6 @@ case "${1:-}" in
   bench-operator) shift; cmd_bench_operator "$@" ;;
   bench-gc) shift; cmd_bench_gc "$@" ;;
   bench-image) shift; cmd_bench_image "$@" ;;
-  *) echo "usage: $0 run|test|image|bench|bench-pull|bench-operator|bench-gc|bench-image" >&2; exit 2 ;;
+  bench-events) shift; cmd_bench_events "$@" ;;
+  *) echo "usage: $0 run|test|image|bench|bench-pull|bench-operator|bench-gc|bench-image|bench-events" >&2; exit 2 ;;
 esac

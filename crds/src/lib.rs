@@ -1,5 +1,5 @@
-//! The `aerugo.io/v1alpha1` custom resources: `Organization`, `Repository`, `ApiKey` and
-//! `Registry`, with their schemas (every field's `///` becomes its `kubectl explain` text), and
+//! The `aerugo.io/v1alpha1` custom resources: `Organization`, `Repository`, `ApiKey`,
+//! `EventSubscription` and `Registry`, with their schemas (every field's `///` becomes its `kubectl explain` text), and
 //! the CRD YAML generated from them (`aerugo-operator crd`; the files in `crds/` are never
 //! edited by hand). Types only: no IO, no database, no HTTP.
 
@@ -8,6 +8,7 @@ pub mod common;
 pub mod organization;
 pub mod registry;
 pub mod repository;
+pub mod subscription;
 
 pub use apikey::{ApiKey, ApiKeySpec, ApiKeyStatus, KeyAction, KeyScope, SecretType};
 pub use common::{LocalRef, READY, ReclaimPolicy, Visibility};
@@ -16,6 +17,7 @@ pub use registry::{Registry, RegistrySpec, RegistryStatus};
 pub use repository::{
     Access, Grant, Repository, RepositorySpec, RepositoryStatus, Retention, RetentionMode, RetentionStatus,
 };
+pub use subscription::{EventSubscription, EventSubscriptionSpec, EventSubscriptionStatus, EventType, LastDelivered};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt as _;
@@ -25,7 +27,7 @@ pub const FINALIZER: &str = "aerugo.io/cleanup";
 
 /// Every CRD, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Registry::crd(), Organization::crd(), Repository::crd(), ApiKey::crd()]
+    vec![Registry::crd(), Organization::crd(), Repository::crd(), ApiKey::crd(), EventSubscription::crd()]
 }
 
 /// `(file name, YAML)` for each CRD: what `crds/` holds.

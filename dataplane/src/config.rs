@@ -122,6 +122,26 @@ pub struct ServeArgs {
     /// Longest life of a cache entry nothing invalidated, in seconds.
     #[arg(long, env = "AERUGO_CACHE_TTL", default_value_t = 300)]
     pub cache_ttl: u64,
+    /// Deliver events to subscriptions from this node (every node competes for the leases;
+    /// `false` leaves delivery to the others).
+    #[arg(long, env = "AERUGO_EVENTS_DELIVER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub events_deliver: bool,
+    /// This node's name in event subscription leases (the Pod name in a cluster).
+    #[arg(long, env = "AERUGO_NODE_NAME", default_value = "node")]
+    pub node_name: String,
+    /// Seconds an event subscription lease lasts unrenewed: how soon another node delivers
+    /// after the holder dies.
+    #[arg(long, env = "AERUGO_EVENT_LEASE_SECONDS", default_value_t = 15)]
+    pub event_lease_seconds: u64,
+    /// Longest wait, in seconds, between attempts to a failing endpoint (waits double from 1 s).
+    #[arg(long, env = "AERUGO_EVENT_RETRY_MAX_SECONDS", default_value_t = 300)]
+    pub event_retry_max_seconds: u64,
+    /// Seconds an endpoint has to answer a delivery.
+    #[arg(long, env = "AERUGO_EVENT_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub event_timeout_seconds: u64,
+    /// Hours events are kept (the feed, and how long a receiver may be down without losing any).
+    #[arg(long, env = "AERUGO_EVENT_RETENTION_HOURS", default_value_t = 168)]
+    pub event_retention_hours: u64,
     /// Authentication and token settings.
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -299,6 +319,29 @@ impl ServeArgs {
             upload_ttl: Duration::from_secs(self.upload_ttl),
             body_idle_timeout: Duration::from_secs(self.body_idle_timeout.max(1)),
         })
+    }
+
+    /// Event delivery settings; `None` when this node does not deliver.
+    pub fn event_settings(&self) -> Result<Option<crate::events::Settings>, ConfigError> {
+        if !(2..=3600).contains(&self.event_lease_seconds) {
+            return Err(ConfigError("the event lease must be between 2 seconds and one hour".into()));
+        }
+        if !(1..=86_400).contains(&self.event_retry_max_seconds) {
+            return Err(ConfigError("the longest event retry wait must be between 1 second and one day".into()));
+        }
+        if !(1..=300).contains(&self.event_timeout_seconds) {
+            return Err(ConfigError("the event delivery timeout must be between 1 and 300 seconds".into()));
+        }
+        if self.event_retention_hours == 0 {
+            return Err(ConfigError("event retention must be at least one hour".into()));
+        }
+        Ok(self.events_deliver.then(|| crate::events::Settings {
+            node: self.node_name.clone(),
+            lease: Duration::from_secs(self.event_lease_seconds),
+            retry_max: Duration::from_secs(self.event_retry_max_seconds),
+            timeout: Duration::from_secs(self.event_timeout_seconds),
+            retention: Duration::from_secs(self.event_retention_hours.saturating_mul(3600)),
+        }))
     }
 
     /// The cache these flags describe.

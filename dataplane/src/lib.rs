@@ -7,6 +7,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod fsck;
 pub mod metrics;
 pub mod registry;

@@ -12,6 +12,7 @@ use aerugo_auth::token::{self, Restriction, TokenKeys};
 use aerugo_dataplane::auth::Auth;
 use aerugo_dataplane::cache::Cache;
 use aerugo_dataplane::config::{AuthArgs, ServeArgs, StorageKind};
+use aerugo_dataplane::events::Deliverer;
 use aerugo_dataplane::metrics::Metrics;
 use aerugo_dataplane::{Registry, server};
 use aerugo_storage::{AnyStore, FsStore, S3Store};
@@ -254,6 +255,7 @@ async fn fsck(args: FsckArgs) -> anyhow::Result<bool> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings = args.settings()?;
+    let event_settings = args.event_settings()?;
     let store = open_store(&args).await?;
     let pool = aerugo_db::pool(&args.database_url, args.database_pool_size)?;
     let auth = web::Data::new(Auth::new(pool.clone(), token_keys(&args.auth)?, args.auth.settings()?));
@@ -263,6 +265,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if cache.is_shared() && !cache.wait_serving(Duration::from_secs(5)).await {
         tracing::warn!("Redis not reachable yet: serving from Postgres until it is");
     }
+    let deliverer = match event_settings {
+        Some(events) => Some(Deliverer::new(pool.clone(), events, metrics.events.clone())?),
+        None => None,
+    };
     let registry = web::Data::new(
         Registry::new(pool, store, settings.clone())
             .with_cache(cache.clone())
@@ -275,6 +281,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     ));
     if let Err(e) = registry.ready().await {
         tracing::warn!(error = %e, "database or storage not reachable yet; serving anyway, /readyz reports it");
+    }
+
+    if let Some(deliverer) = &deliverer {
+        tracing::info!(lease_owner = deliverer.owner(), "delivering events");
+        actix_web::rt::spawn(deliverer.clone().run());
     }
 
     let sweeper = registry.clone().into_inner();
@@ -336,6 +347,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Err(e) = pulls_at_exit.flush_pulls().await {
         tracing::warn!(error = %e, "recording manifest pulls at shutdown failed");
+    }
+    if let Some(deliverer) = deliverer {
+        deliverer.release().await;
     }
     Ok(())
 }

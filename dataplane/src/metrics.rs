@@ -51,6 +51,8 @@ pub struct Metrics {
     pub upload_duration: Histogram,
     /// The cache's metrics (recorded by the cache).
     pub cache: CacheMetrics,
+    /// Event delivery (recorded by the deliverer).
+    pub events: crate::events::EventMetrics,
 }
 
 /// Snapshot of the database pool, taken at scrape time.
@@ -104,7 +106,19 @@ impl Metrics {
             registry.register(Box::new(errors.clone()))?;
         }
         let cache = CacheMetrics::new(Some(&registry))?;
-        Ok(Metrics { registry, requests, duration, bytes_in, bytes_out, pool, rate_limited, upload_duration, cache })
+        let events = crate::events::EventMetrics::new(&registry)?;
+        Ok(Metrics {
+            registry,
+            requests,
+            duration,
+            bytes_in,
+            bytes_out,
+            pool,
+            rate_limited,
+            upload_duration,
+            cache,
+            events,
+        })
     }
 
     /// Records one finished request.

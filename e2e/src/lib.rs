@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub mod containerd;
 pub mod kubelet;
 pub mod postgres;
+pub mod receiver;
 
 /// Where blobs go for a server under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +200,14 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Kills the process at once (SIGKILL): no shutdown, no lease given back.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -234,6 +243,29 @@ impl Server {
     pub fn http_as_admin(&self, method: &str, path: &str) -> Option<String> {
         http_raw_with(&self.host, method, path, Some(&basic(ADMIN_USER, ADMIN_PASSWORD)))
     }
+}
+
+/// One HTTP/1.0 request as the administrator (Basic); returns the status and body.
+pub fn request(host: &str, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut stream = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap_or_else(|e| panic!("timeout: {e}"));
+    let auth = basic(ADMIN_USER, ADMIN_PASSWORD);
+    let content_type = content_type.map(|c| format!("Content-Type: {c}\r\n")).unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: {auth}\r\n{content_type}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).unwrap_or_else(|e| panic!("write: {e}"));
+    stream.write_all(body).unwrap_or_else(|e| panic!("write body: {e}"));
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap_or_else(|e| panic!("read: {e}"));
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or_else(|| panic!("no header end"));
+    let status = String::from_utf8_lossy(&response[..split])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status"));
+    (status, response[split + 4..].to_vec())
 }
 
 /// Status code of a bodyless request, or `None` if nothing answered.

@@ -4,33 +4,12 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // tests fail by panicking
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aerugo_e2e::*;
 use serde_json::{Value, json};
-
-/// One HTTP/1.0 request; returns the status and body.
-fn request(host: &str, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut stream = TcpStream::connect(host).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    let auth = basic(ADMIN_USER, ADMIN_PASSWORD);
-    let content_type = content_type.map(|c| format!("Content-Type: {c}\r\n")).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nAuthorization: {auth}\r\n{content_type}Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).expect("write");
-    stream.write_all(body).expect("write body");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("read");
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
-    let status = String::from_utf8_lossy(&response[..split]).split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, response[split + 4..].to_vec())
-}
 
 fn push_blob(host: &str, repo: &str, data: &[u8]) -> String {
     let digest = sha256_digest(data);

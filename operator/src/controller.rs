@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aerugo_crds::common::set_condition;
-use aerugo_crds::{ApiKey, FINALIZER, Organization, READY, Registry, Repository};
+use aerugo_crds::{ApiKey, EventSubscription, FINALIZER, Organization, READY, Registry, Repository};
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::world::MANAGER;
-use crate::{key, org, registry, repo};
+use crate::{key, org, registry, repo, subscription};
 
 /// Whether an object is Ready, and why not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +125,7 @@ kind!(Organization, aerugo_crds::OrganizationStatus, "organization", org);
 kind!(Repository, aerugo_crds::RepositoryStatus, "repository", repo, notice = repo::notice);
 kind!(ApiKey, aerugo_crds::ApiKeyStatus, "apikey", key);
 kind!(Registry, aerugo_crds::RegistryStatus, "registry", registry);
+kind!(EventSubscription, aerugo_crds::EventSubscriptionStatus, "eventsubscription", subscription);
 
 /// The status an object should have after a sync (or a failed one): the sync's fields (or the
 /// stored ones on failure) with the `Ready` condition set.
@@ -268,7 +269,8 @@ fn controller<K: Kind>(cluster: Arc<ClusterContext>) -> impl Future<Output = ()>
     )
 }
 
-/// Runs the Registry, Organization, Repository and ApiKey controllers until they stop. ApiKeys
+/// Runs the Registry, Organization, Repository, ApiKey and EventSubscription controllers until
+/// they stop. ApiKeys
 /// also watch the Secrets they own, so a deleted or edited Secret is rewritten; Registries
 /// watch their Deployment and migration Jobs.
 pub async fn run(cluster: Arc<ClusterContext>) {
@@ -311,5 +313,11 @@ pub async fn run(cluster: Arc<ClusterContext>) {
             .run(reconcile::<Repository>, error_policy::<Repository>, cluster)
             .for_each(|_| async {})
     };
-    tokio::join!(controller::<Organization>(cluster.clone()), repositories, keys, registries);
+    tokio::join!(
+        controller::<Organization>(cluster.clone()),
+        controller::<EventSubscription>(cluster.clone()),
+        repositories,
+        keys,
+        registries
+    );
 }

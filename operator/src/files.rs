@@ -1,4 +1,4 @@
-//! File mode: reconcile a directory of Organization, Repository and ApiKey YAML into Postgres
+//! File mode: reconcile a directory of Organization, Repository, ApiKey and EventSubscription YAML into Postgres
 //! with no cluster. ApiKey Secrets are written as manifests under the secrets directory; each
 //! object's resulting `Ready` condition is reported. With `prune`, objects file mode applied
 //! before that the directory no longer holds are released as a deleted object is: by the
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use aerugo_crds::{ApiKey, Organization, Repository};
+use aerugo_crds::{ApiKey, EventSubscription, Organization, Repository};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -74,12 +74,15 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// The objects of a directory, by kind.
+pub type Loaded = (Vec<Organization>, Vec<Repository>, Vec<ApiKey>, Vec<EventSubscription>);
+
 /// The aerugo.io objects in `dir` (recursively), with namespace and UID filled in.
-pub fn load(dir: &Path) -> Result<(Vec<Organization>, Vec<Repository>, Vec<ApiKey>)> {
+pub fn load(dir: &Path) -> Result<Loaded> {
     let mut paths = Vec::new();
     yaml_files(dir, &mut paths)?;
     paths.sort();
-    let (mut orgs, mut repos, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut orgs, mut repos, mut keys, mut subscriptions) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for path in paths {
         let text = std::fs::read_to_string(&path).map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
         let docs: Vec<Value> =
@@ -110,13 +113,14 @@ pub fn load(dir: &Path) -> Result<(Vec<Organization>, Vec<Repository>, Vec<ApiKe
                 "Organization" => orgs.push(serde_json::from_value(doc).map_err(invalid)?),
                 "Repository" => repos.push(serde_json::from_value(doc).map_err(invalid)?),
                 "ApiKey" => keys.push(serde_json::from_value(doc).map_err(invalid)?),
+                "EventSubscription" => subscriptions.push(serde_json::from_value(doc).map_err(invalid)?),
                 _ => {
                     tracing::info!(%kind, %namespace, %name, path = %path.display(), "skipped: reconciled only in a cluster")
                 }
             }
         }
     }
-    Ok((orgs, repos, keys))
+    Ok((orgs, repos, keys, subscriptions))
 }
 
 fn key_of<K: kube::Resource>(obj: &K) -> (String, String) {
@@ -149,7 +153,7 @@ pub async fn apply(
     settings: Settings,
     prune: bool,
 ) -> Result<Vec<Outcome>> {
-    let (orgs, repos, keys) = load(dir)?;
+    let (orgs, repos, keys, subscriptions) = load(dir)?;
     let files = Files {
         organizations: orgs.iter().map(|o| (key_of(o), o.clone())).collect::<BTreeMap<_, _>>(),
         api_keys: keys.iter().map(|k| (key_of(k), k.clone())).collect(),
@@ -163,6 +167,7 @@ pub async fn apply(
     reconcile_all(&ctx, &orgs, &mut out).await;
     reconcile_all(&ctx, &keys, &mut out).await;
     reconcile_all(&ctx, &repos, &mut out).await;
+    reconcile_all(&ctx, &subscriptions, &mut out).await;
     if prune {
         let present = |objects: Vec<Option<&str>>| -> std::collections::BTreeSet<String> {
             objects.into_iter().flatten().map(str::to_owned).collect()
@@ -171,6 +176,7 @@ pub async fn apply(
             orgs: present(orgs.iter().map(|o| o.metadata.uid.as_deref()).collect()),
             repos: present(repos.iter().map(|r| r.metadata.uid.as_deref()).collect()),
             keys: present(keys.iter().map(|k| k.metadata.uid.as_deref()).collect()),
+            subscriptions: present(subscriptions.iter().map(|s| s.metadata.uid.as_deref()).collect()),
         };
         out.extend(prune_absent(&ctx, &kept).await?);
     }
@@ -187,10 +193,11 @@ struct Kept {
     orgs: std::collections::BTreeSet<String>,
     repos: std::collections::BTreeSet<String>,
     keys: std::collections::BTreeSet<String>,
+    subscriptions: std::collections::BTreeSet<String>,
 }
 
-/// Releases the file-declared rows whose object is gone: repositories, then API keys, then
-/// organizations.
+/// Releases the file-declared rows whose object is gone: event subscriptions, repositories,
+/// then API keys, then organizations.
 async fn prune_absent(ctx: &Context, kept: &Kept) -> Result<Vec<Outcome>> {
     let (orgs, repos, keys) = {
         let client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
@@ -205,6 +212,15 @@ async fn prune_absent(ctx: &Context, kept: &Kept) -> Result<Vec<Outcome>> {
         pruned: true,
     };
     let mut out = Vec::new();
+    let subscriptions = {
+        let client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
+        aerugo_db::declared::file_subscriptions(&client).await?
+    };
+    for uid in subscriptions.iter().filter(|uid| !kept.subscriptions.contains(&uid.to_string())) {
+        let client = ctx.db.get().await.map_err(aerugo_db::Error::from)?;
+        aerugo_db::events::forget_declared(&client, *uid).await?;
+        out.push(Outcome { message: "subscription deleted".into(), ..pruned("eventsubscription", uid, true) });
+    }
     for repo in repos.iter().filter(|r| !kept.repos.contains(&r.uid.to_string())) {
         crate::repo::release(ctx, repo.uid, repo.delete, &repo.uid.to_string()).await?;
         out.push(pruned("repository", &repo.uid, repo.delete));
@@ -268,7 +284,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("k.yaml"), object("team", "ci-push")).expect("write");
-        let (_, _, keys) = load(dir.path()).expect("a valid name loads");
+        let (_, _, keys, _) = load(dir.path()).expect("a valid name loads");
         assert_eq!(keys.len(), 1);
     }
 }

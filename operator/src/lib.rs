@@ -1,6 +1,6 @@
 //! The Aerugo operator: kube-runtime controllers that reconcile `Registry` objects into
-//! data-plane Deployments and `Organization`, `Repository` and `ApiKey` objects into the
-//! registry's Postgres rows and Kubernetes Secrets — in a
+//! data-plane Deployments and `Organization`, `Repository`, `ApiKey` and `EventSubscription`
+//! objects into the registry's Postgres rows and Kubernetes Secrets — in a
 //! cluster ([`controller::run`]) or from a directory of YAML files ([`files::apply`]). Each kind
 //! module holds pure `validate`/`desired` steps and the `sync`/`cleanup` that write; the
 //! driver only sequences them. All SQL is in `aerugo-db`.
@@ -19,6 +19,7 @@ pub mod pods;
 pub mod registry;
 pub mod repo;
 pub mod retention;
+pub mod subscription;
 pub mod world;
 
 pub use error::{Error, Result};

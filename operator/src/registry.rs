@@ -144,6 +144,8 @@ fn container_env(r: &ValidRegistry) -> Vec<Value> {
     let mut env = vec![
         secret_env("AERUGO_DATABASE_URL", &db.name, db.key.as_deref().unwrap_or("url")),
         secret_env("AERUGO_S3_ACCESS_KEY_ID", &r.spec.storage.credentials_secret, "accessKeyId"),
+        // Event subscription leases name the pod that holds them.
+        json!({ "name": "AERUGO_NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }),
     ];
     if let Some(redis) = &r.spec.redis_secret {
         env.push(secret_env("AERUGO_REDIS_URL", &redis.name, redis.key.as_deref().unwrap_or("url")));

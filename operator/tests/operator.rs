@@ -8,7 +8,7 @@ use std::path::Path;
 
 use std::time::Duration;
 
-use aerugo_crds::{ApiKey, Organization, Repository};
+use aerugo_crds::{ApiKey, EventSubscription, Organization, Repository};
 use aerugo_kube_emulator::{Emulator, Fault, Verb};
 use aerugo_operator::context::{Metrics, Settings};
 use aerugo_operator::controller::{self, ClusterContext};
@@ -48,7 +48,7 @@ async fn start_on(resync: Duration, storage: Option<aerugo_operator::context::St
     drop(client_db);
     let emulator = Emulator::new();
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    assert_eq!(emulator.install_crds_from(&crds).expect("CRDs"), 4);
+    assert_eq!(emulator.install_crds_from(&crds).expect("CRDs"), 5);
     for ns in ["team", "other"] {
         emulator
             .seed(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }))
@@ -68,6 +68,7 @@ async fn create(h: &Harness, namespace: &str, object: Value) {
         "Organization" => "organizations",
         "Repository" => "repositories",
         "Registry" => "registries",
+        "EventSubscription" => "eventsubscriptions",
         _ => "apikeys",
     };
     let gvk = kube::api::GroupVersionKind::gvk("aerugo.io", "v1alpha1", &kind);
@@ -279,6 +280,136 @@ async fn the_namespace_is_the_tenant_boundary() {
     .await;
     let partial: Organization = wait_reason(&h, "other", "initech", "False", "UnknownUser").await;
     assert!(partial.status.unwrap().conditions[0].message.contains("nobody"));
+}
+
+fn subscription(name: &str, spec: Value) -> Value {
+    json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": "EventSubscription", "metadata": { "name": name }, "spec": spec })
+}
+
+#[tokio::test]
+async fn event_subscriptions_become_rows_and_report_delivery() {
+    let h = start().await;
+    create(&h, "team", org("acme", json!({}))).await;
+    create(&h, "other", org("initech", json!({}))).await;
+    wait_reason::<Organization>(&h, "team", "acme", "True", "Reconciled").await;
+    wait_reason::<Organization>(&h, "other", "initech", "True", "Reconciled").await;
+    let spec = json!({
+        "organizationRef": { "name": "acme" },
+        "endpoint": "http://127.0.0.1:9/hook",
+        "types": ["ManifestPushed", "TagMoved"],
+        "repositories": ["team/*"],
+        "signingSecret": { "name": "hook" },
+        "batchSize": 10,
+    });
+    // The signing Secret comes later: the subscription waits for it.
+    create(&h, "team", subscription("ci", spec.clone())).await;
+    wait_reason::<EventSubscription>(&h, "team", "ci", "False", "SecretNotFound").await;
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), "team");
+    let hook = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "hook" },
+                       "data": { "secret": "dGhlLXNpZ25pbmcta2V5LW9mLXRlYW0=" } });
+    secrets.create(&PostParams::default(), &serde_json::from_value(hook).unwrap()).await.expect("secret");
+    let ready: EventSubscription = wait_reason(&h, "team", "ci", "True", "Reconciled").await;
+    let id = ready.status.as_ref().and_then(|s| s.subscription_id).expect("subscription id");
+    let db = h.db.get().await.unwrap();
+    let row = aerugo_db::events::subscription(&db, id).await.unwrap().expect("row");
+    assert_eq!((row.org.as_str(), row.name.as_str(), row.managed_by.as_str()), ("acme", "ci", "kubernetes"));
+    assert_eq!(row.types, ["io.aerugo.manifest.pushed", "io.aerugo.tag.moved"]);
+    assert_eq!((row.batch_size, row.repositories.clone()), (10, vec!["team/*".to_owned()]));
+    assert_eq!(row.signing_secret.as_deref(), Some(&b"the-signing-key-of-team"[..]));
+
+    // The namespace is the boundary: an organization of another namespace is not found.
+    let mut across = spec.clone();
+    across["organizationRef"]["name"] = json!("initech");
+    create(&h, "team", subscription("across", across)).await;
+    wait_reason::<EventSubscription>(&h, "team", "across", "False", "OrganizationNotFound").await;
+    // A glob that does not compile is an invalid spec.
+    let mut bad = spec.clone();
+    bad["repositories"] = json!(["team/["]);
+    create(&h, "team", subscription("bad", bad)).await;
+    wait_reason::<EventSubscription>(&h, "team", "bad", "False", "InvalidSpec").await;
+
+    // What the delivering node records shows in the status: events waiting, a failing endpoint.
+    db.batch_execute(&format!(
+        "SELECT aerugo_emit_event(id, 'acme/team/app', 'io.aerugo.manifest.pushed', '{{}}') FROM organizations WHERE name = 'acme';
+         SELECT aerugo_emit_event(id, 'acme/team/app', 'io.aerugo.tag.moved', '{{}}') FROM organizations WHERE name = 'acme';
+         UPDATE event_subscriptions SET failures = 4, failing_since = now(), last_error = 'the endpoint answered HTTP 503' WHERE id = {id};"
+    ))
+    .await
+    .unwrap();
+    let failing = h
+        .emulator
+        .wait_for::<EventSubscription, _>(Some("team"), "ci", WAIT, |s| {
+            s.and_then(|s| s.status.as_ref()).is_some_and(|st| st.failing && st.backlog == 2)
+        })
+        .await
+        .expect("status reports the failing endpoint and the backlog")
+        .expect("exists");
+    let status = failing.status.unwrap();
+    assert_eq!(status.last_error.as_deref(), Some("the endpoint answered HTTP 503"));
+    assert!(status.failing_since.is_some());
+
+    // replayFrom replays once; the status says which.
+    let patch = json!({ "spec": { "replayFrom": "2026-01-01T00:00:00Z" } });
+    let subs: Api<EventSubscription> = Api::namespaced(h.client.clone(), "team");
+    subs.patch("ci", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+    h.emulator
+        .wait_for::<EventSubscription, _>(Some("team"), "ci", WAIT, |s| {
+            s.and_then(|s| s.status.as_ref()).and_then(|st| st.replayed_from.as_deref()) == Some("2026-01-01T00:00:00Z")
+        })
+        .await
+        .expect("replayed");
+    let row = aerugo_db::events::subscription(&db, id).await.unwrap().expect("row");
+    assert_eq!(row.start_at.unix_timestamp(), 1_767_225_600);
+
+    // Deleting the object deletes the row (the events stay in the feed).
+    subs.delete("ci", &DeleteParams::default()).await.expect("delete");
+    h.emulator.wait_for::<EventSubscription, _>(Some("team"), "ci", WAIT, |s| s.is_none()).await.expect("gone");
+    assert!(aerugo_db::events::subscription(&db, id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn file_mode_declares_and_prunes_event_subscriptions() {
+    let url = aerugo_db::testing::fresh_database().await.expect("database");
+    let db = aerugo_db::pool(&url, 4).expect("pool");
+    aerugo_db::tenancy::create_user(&db.get().await.unwrap(), "ada", None, None, false, "api").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let org = serde_saphyr::to_string(&org("acme", json!({}))).unwrap();
+    let sub = serde_saphyr::to_string(&subscription(
+        "deploys",
+        json!({ "organizationRef": { "name": "acme" }, "endpoint": "http://127.0.0.1:9/", "types": ["TagMoved"] }),
+    ))
+    .unwrap();
+    let apply = |docs: Vec<String>| {
+        let (db, dir, secrets) = (db.clone(), dir.path().to_owned(), secrets.path().to_owned());
+        async move {
+            let text =
+                docs.iter().map(|d| d.replace("metadata:\n", "metadata:\n  namespace: team\n")).collect::<Vec<_>>();
+            std::fs::write(dir.join("tenant.yaml"), text.join("\n---\n")).unwrap();
+            let settings = Settings {
+                registry_host: "127.0.0.1:5000".into(),
+                resync: Duration::from_secs(300),
+                storage: None,
+                pods_watched: false,
+            };
+            aerugo_operator::files::apply(db, &dir, secrets, settings, true).await.expect("apply")
+        }
+    };
+    let first = apply(vec![org.clone(), sub]).await;
+    assert!(first.iter().all(|o| o.ready), "{first:#?}");
+    let conn = db.get().await.unwrap();
+    let count = || async {
+        let n: i64 = conn
+            .query_one("SELECT COUNT(*) FROM event_subscriptions WHERE name = 'deploys'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    assert_eq!(count().await, 1);
+    let second = apply(vec![org]).await;
+    assert!(second.iter().any(|o| o.pruned && o.kind == "eventsubscription"), "{second:#?}");
+    assert_eq!(count().await, 0, "a subscription that left the directory is deleted");
 }
 
 #[tokio::test]

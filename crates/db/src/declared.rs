@@ -568,6 +568,18 @@ pub async fn file_owners(client: &impl GenericClient) -> Result<(Vec<Owner>, Vec
     Ok((owners(orgs), owners(repos), keys.iter().map(|r| r.get(0)).collect()))
 }
 
+/// The event subscriptions declared by files (`aerugo-operator apply`).
+pub async fn file_subscriptions(client: &impl GenericClient) -> Result<Vec<Uuid>> {
+    let rows = client
+        .query(
+            "SELECT k8s_uid FROM event_subscriptions
+              WHERE k8s_uid IS NOT NULL AND substr(k8s_uid::text, 15, 1) = '8' AND managed_by = 'kubernetes'",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Who holds a bucket another claim wanted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BucketHolder {

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod declared;
 pub mod error;
+pub mod events;
 pub mod fsck;
 pub mod gc;
 pub mod notify;

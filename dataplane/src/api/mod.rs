@@ -1,12 +1,14 @@
 //! The management REST API under `/api/v1` (JSON): users, organizations and members,
-//! repositories, API keys, the audit log and sessions. Callers authenticate with Basic
-//! (password or API key) or a session token from `POST /api/v1/auth/login`. The OpenAPI 3
-//! document is served at `/api/openapi.json` and rendered at `/api/docs`.
+//! repositories, API keys, the audit log, events and their subscriptions, and sessions.
+//! Callers authenticate with Basic (password or API key) or a session token from
+//! `POST /api/v1/auth/login`. The OpenAPI 3 document is served at `/api/openapi.json` and
+//! rendered at `/api/docs`.
 //!
 //! Rows the operator manages (`managed_by = kubernetes`) are read-only here: changes answer
 //! 409 so GitOps state never drifts. What a caller may not see answers 404, as if absent.
 
 mod audit;
+mod events;
 mod keys;
 mod orgs;
 mod repos;
@@ -252,7 +254,7 @@ impl Modify for SecuritySchemes {
 /// The OpenAPI document of the management API.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Aerugo management API", description = "Users, organizations, repositories, API keys and the audit log of an Aerugo registry."),
+    info(title = "Aerugo management API", description = "Users, organizations, repositories, API keys, the audit log and events of an Aerugo registry."),
     paths(
         users::login, users::create, users::list, users::me, users::update_me, users::change_password,
         users::update, users::delete, users::reset_password,
@@ -260,6 +262,7 @@ impl Modify for SecuritySchemes {
         repos::create, repos::list, repos::get, repos::update, repos::delete, retention::get, retention::put,
         keys::create, keys::list, keys::revoke,
         audit::org_events, audit::all_events,
+        events::feed, events::list, events::create, events::get, events::replay, events::delete,
     ),
     components(schemas(ErrorBody)),
     modifiers(&SecuritySchemes),
@@ -271,6 +274,7 @@ impl Modify for SecuritySchemes {
         (name = "repositories", description = "Repositories of an organization"),
         (name = "api-keys", description = "Scoped credentials for machines"),
         (name = "audit", description = "Who did what"),
+        (name = "events", description = "What changed, as CloudEvents, and where it is delivered"),
     )
 )]
 pub struct ApiDoc;
@@ -322,6 +326,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/orgs/{org}/members/{username}", web::put().to(orgs::put_member))
             .route("/orgs/{org}/members/{username}", web::delete().to(orgs::remove_member))
             .route("/orgs/{org}/audit", web::get().to(audit::org_events))
+            .route("/orgs/{org}/events", web::get().to(events::feed))
+            .route("/orgs/{org}/subscriptions", web::get().to(events::list))
+            .route("/orgs/{org}/subscriptions", web::post().to(events::create))
+            .route("/orgs/{org}/subscriptions/{name}", web::get().to(events::get))
+            .route("/orgs/{org}/subscriptions/{name}", web::delete().to(events::delete))
+            .route("/orgs/{org}/subscriptions/{name}/replay", web::post().to(events::replay))
             .route("/orgs/{org}/retention/{name:.+}", web::get().to(retention::get))
             .route("/orgs/{org}/retention/{name:.+}", web::put().to(retention::put))
             .route("/orgs/{org}/repositories", web::post().to(repos::create))

@@ -77,7 +77,7 @@ pub struct Registry {
 /// a pull already held is updated without allocating (the pull path's steady state).
 #[derive(Default)]
 struct Pulls {
-    by_repository: std::collections::HashMap<String, std::collections::HashMap<String, time::OffsetDateTime>>,
+    by_repository: std::collections::HashMap<String, std::collections::HashMap<String, (time::OffsetDateTime, i64)>>,
     held: usize,
 }
 
@@ -105,17 +105,19 @@ impl Registry {
     pub fn mark_pulled(&self, repository: &str, digest: &str) {
         let Ok(mut pulls) = self.pulls.lock() else { return };
         let now = time::OffsetDateTime::now_utc();
-        if let Some(at) = pulls.by_repository.get_mut(repository).and_then(|d| d.get_mut(digest)) {
+        if let Some((at, count)) = pulls.by_repository.get_mut(repository).and_then(|d| d.get_mut(digest)) {
             *at = now;
+            *count += 1;
         } else if pulls.held < MAX_PENDING_PULLS {
             pulls.held += 1;
-            pulls.by_repository.entry(repository.to_owned()).or_default().insert(digest.to_owned(), now);
+            pulls.by_repository.entry(repository.to_owned()).or_default().insert(digest.to_owned(), (now, 1));
         }
     }
 
-    /// Writes the pulls recorded since the last write (called periodically and at shutdown).
+    /// Writes the pulls recorded since the last write (called periodically and at shutdown),
+    /// and the pull events of organizations subscribed to them, in one transaction.
     pub async fn flush_pulls(&self) -> Result<usize> {
-        let batch: Vec<((String, String), time::OffsetDateTime)> = match self.pulls.lock() {
+        let batch: Vec<((String, String), (time::OffsetDateTime, i64))> = match self.pulls.lock() {
             Ok(mut pulls) => {
                 pulls.held = 0;
                 pulls
@@ -131,8 +133,13 @@ impl Registry {
         if batch.is_empty() {
             return Ok(0);
         }
-        let client = self.client().await?;
-        registry::record_pulls(&client, &batch).await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
+        let times: Vec<_> = batch.iter().map(|(key, (at, _))| (key.clone(), *at)).collect();
+        registry::record_pulls(&tx, &times).await?;
+        let counted: Vec<_> = batch.iter().map(|((r, d), (at, n))| (r.as_str(), d.as_str(), *n, *at)).collect();
+        aerugo_db::events::record_pulls(&tx, &counted).await?;
+        tx.commit().await.map_err(aerugo_db::Error::from)?;
         Ok(batch.len())
     }
 

@@ -79,7 +79,8 @@ impl Registry {
             return Ok(StartUpload::Done { location: self.blob_url(name, &digest), digest });
         }
         if let Some(over) = registry::over_quota(&client, &repo, None, 0).await? {
-            return Err(quota_denied(&over));
+            drop(client);
+            return Err(self.refused_by_quota(&repo, &over, None).await);
         }
         if let Some((digest, body)) = monolithic {
             // No connection is held while the body streams in.
@@ -310,7 +311,7 @@ impl Registry {
         if let Some(over) = over {
             let (state, _) = written.writer.pause().await?;
             store.abort_upload(id, &state).await?;
-            return Err(quota_denied(&over));
+            return Err(self.refused_by_quota(repo, &over, Some(digest)).await);
         }
         let key = store.complete_upload(written.writer, digest).await?;
         self.record_blob(
@@ -362,7 +363,8 @@ impl Registry {
             if new_object {
                 store.delete(key).await?;
             }
-            return Err(quota_denied(&over));
+            drop(client);
+            return Err(self.refused_by_quota(repo, &over, Some(digest)).await);
         }
         // The link waited for any collector holding the blob; one that removed this location's
         // object meanwhile is seen now.
@@ -408,7 +410,9 @@ impl Registry {
         }
         let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
         if let Some(over) = registry::over_quota(&tx, repo, Some(digest.as_str()), blob.size).await? {
-            return Err(quota_denied(&over));
+            // The organization's lock goes before the event is written on another connection.
+            drop(tx);
+            return Err(self.refused_by_quota(repo, &over, Some(digest)).await);
         }
         if !registry::link_blob(&tx, repo.id, digest.as_str()).await?
             || !registry::object_present(&tx, digest.as_str(), &repo.location).await?
@@ -493,6 +497,33 @@ fn check_length(upload: &uploads::Upload, range: Option<ChunkRange>, received: u
             detail: format!("Content-Range announced {} bytes, body had {got}", r.len()),
         }),
         _ => Ok(()),
+    }
+}
+
+impl Registry {
+    /// `DENIED` for a push over its organization's quota, after recording a
+    /// `quota.exceeded` event (in its own transaction: the push's is not committed). Call with no
+    /// transaction open on the organization: the event's stream may be locked by a push waiting
+    /// for it.
+    async fn refused_by_quota(
+        &self,
+        repo: &Repository,
+        over: &registry::OverQuota,
+        digest: Option<&Digest>,
+    ) -> RegistryError {
+        let data = json!({
+            "repository": repo.name, "quota": over.quota, "used": over.used, "adds": over.adds,
+            "digest": digest.map(Digest::as_str),
+        });
+        let emitted = async {
+            let client = self.client().await?;
+            aerugo_db::events::emit(&client, repo.org_id, &repo.name, aerugo_db::events::QUOTA_EXCEEDED, &data).await?;
+            Ok::<_, RegistryError>(())
+        };
+        if let Err(e) = emitted.await {
+            tracing::warn!(repo = %repo.name, error = %e, "recording a quota event failed");
+        }
+        quota_denied(over)
     }
 }
 

@@ -9,6 +9,7 @@ mod cache;
 mod collection;
 mod conformance;
 mod dashboard;
+mod events;
 mod fsck;
 mod harness;
 mod hostile;
