@@ -213,6 +213,16 @@ fn start_container(emulator: &Emulator, namespace: &str, template: &Value) -> Re
     let spec = &template["spec"];
     let container = &spec["containers"][0];
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // A pod's name: unique, as the name a ReplicaSet gives its pods is (`metadata.name`).
+    let pod_name = format!(
+        "pod-{}",
+        dir.path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .trim_start_matches('.')
+            .to_ascii_lowercase()
+    );
     let empty = Vec::new();
     let list = |v: &Value| v.as_array().unwrap_or(&empty).clone();
     // Volumes: each mount becomes a directory of files.
@@ -271,6 +281,8 @@ fn start_container(emulator: &Emulator, namespace: &str, template: &Value) -> Re
             data.get(from["key"].as_str().unwrap_or_default()).cloned().ok_or(format!("env {name}: no such key"))?
         } else if var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace" {
             namespace.to_owned()
+        } else if var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" {
+            pod_name.clone()
         } else {
             return Err(format!("env {name}: unsupported source {}", var["valueFrom"]));
         };

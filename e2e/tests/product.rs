@@ -313,6 +313,22 @@ async fn examples_through_the_operator_serve_pushes_and_pulls_on_two_nodes() {
             objects.push(doc);
         }
     }
+    // A platform team's webhook: an EventSubscription of the organization, signed with a key of
+    // a Secret of the namespace, delivering to a receiver on loopback.
+    let receiver = aerugo_e2e::receiver::Receiver::start().await;
+    emulator
+        .seed(json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "hook", "namespace": "team" },
+                      "data": { "secret": b64("the-team-webhook-signing-key") } }))
+        .expect("seed Secret");
+    let subscription = json!({
+        "apiVersion": "aerugo.io/v1alpha1", "kind": "EventSubscription",
+        "metadata": { "name": "deploys", "namespace": "team" },
+        "spec": { "organizationRef": { "name": "acme" }, "endpoint": receiver.url(),
+                  "types": ["ManifestPushed", "TagCreated"], "repositories": ["team/*"],
+                  "signingSecret": { "name": "hook" }, "batchSize": 10 },
+    });
+    emulator.seed(subscription.clone()).expect("apply");
+    objects.push(subscription);
     for doc in objects.iter().filter(|d| d["apiVersion"] == "aerugo.io/v1alpha1") {
         let (kind, name) = (doc["kind"].as_str().unwrap(), doc["metadata"]["name"].as_str().unwrap());
         let namespace = doc["metadata"]["namespace"].as_str().unwrap();
@@ -355,6 +371,16 @@ async fn examples_through_the_operator_serve_pushes_and_pulls_on_two_nodes() {
         skopeo(&["copy", "--dest-tls-verify=false", "--dest-creds", &push_creds, &layout, &shared]),
         "same image into tools",
     );
+    // The push reached the subscription (from whichever pod holds its lease); acme/tools is
+    // outside its repositories.
+    eventually("the push's events at the receiver", Duration::from_secs(30), || {
+        receiver.events().iter().any(|e| e["type"] == "io.aerugo.tag.created" && e["data"]["tag"] == "v1")
+    })
+    .await;
+    let events = receiver.events();
+    assert!(events.iter().all(|e| e["subject"] == "acme/team/app"), "only team/* repositories: {events:?}");
+    assert!(events.iter().any(|e| e["type"] == "io.aerugo.manifest.pushed"));
+    assert!(receiver.deliveries().iter().all(|d| d.headers.contains_key("aerugo-signature")), "signed");
     let artifact = work.path().join("report.txt");
     std::fs::write(&artifact, "a report only acme/tools holds\n".repeat(500)).unwrap();
     let (user, key) = push_creds.split_once(':').unwrap();
