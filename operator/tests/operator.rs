@@ -282,6 +282,23 @@ async fn the_namespace_is_the_tenant_boundary() {
     assert!(partial.status.unwrap().conditions[0].message.contains("nobody"));
 }
 
+/// File mode with pruning on `text` written as `dir/tenant.yaml`.
+async fn apply_files(
+    db: aerugo_db::Pool,
+    dir: std::path::PathBuf,
+    secrets: std::path::PathBuf,
+    text: String,
+) -> Vec<aerugo_operator::files::Outcome> {
+    std::fs::write(dir.join("tenant.yaml"), text).unwrap();
+    let settings = Settings {
+        registry_host: "127.0.0.1:5000".into(),
+        resync: Duration::from_secs(300),
+        storage: None,
+        pods_watched: false,
+    };
+    aerugo_operator::files::apply(db, &dir, secrets, settings, true).await.expect("apply")
+}
+
 fn subscription(name: &str, spec: Value) -> Value {
     json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": "EventSubscription", "metadata": { "name": name }, "spec": spec })
 }
@@ -381,19 +398,8 @@ async fn file_mode_declares_and_prunes_event_subscriptions() {
     ))
     .unwrap();
     let apply = |docs: Vec<String>| {
-        let (db, dir, secrets) = (db.clone(), dir.path().to_owned(), secrets.path().to_owned());
-        async move {
-            let text =
-                docs.iter().map(|d| d.replace("metadata:\n", "metadata:\n  namespace: team\n")).collect::<Vec<_>>();
-            std::fs::write(dir.join("tenant.yaml"), text.join("\n---\n")).unwrap();
-            let settings = Settings {
-                registry_host: "127.0.0.1:5000".into(),
-                resync: Duration::from_secs(300),
-                storage: None,
-                pods_watched: false,
-            };
-            aerugo_operator::files::apply(db, &dir, secrets, settings, true).await.expect("apply")
-        }
+        let text = docs.iter().map(|d| d.replace("metadata:\n", "metadata:\n  namespace: team\n")).collect::<Vec<_>>();
+        apply_files(db.clone(), dir.path().to_owned(), secrets.path().to_owned(), text.join("\n---\n"))
     };
     let first = apply(vec![org.clone(), sub]).await;
     assert!(first.iter().all(|o| o.ready), "{first:#?}");
@@ -533,19 +539,7 @@ async fn file_mode_prunes_what_the_directory_no_longer_holds() {
     let dir = tempfile::tempdir().unwrap();
     let secrets = tempfile::tempdir().unwrap();
     let full = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/acme.yaml")).unwrap();
-    let apply = |text: String| {
-        let (db, dir, secrets) = (db.clone(), dir.path().to_owned(), secrets.path().to_owned());
-        async move {
-            std::fs::write(dir.join("tenant.yaml"), text).unwrap();
-            let settings = Settings {
-                registry_host: "127.0.0.1:5000".into(),
-                resync: Duration::from_secs(300),
-                storage: None,
-                pods_watched: false,
-            };
-            aerugo_operator::files::apply(db, &dir, secrets, settings, true).await.expect("apply")
-        }
-    };
+    let apply = |text: String| apply_files(db.clone(), dir.path().to_owned(), secrets.path().to_owned(), text);
     let first = apply(full.clone()).await;
     assert!(first.iter().all(|o| o.ready && !o.pruned), "{first:#?}");
     let key_of = |name: &str| aerugo_operator::files::file_uid("ApiKey", "team", name).parse::<uuid::Uuid>().unwrap();

@@ -244,10 +244,7 @@ pub(super) async fn replay(
     body: web::Json<Replay>,
 ) -> ApiResult<HttpResponse> {
     let (org, name) = path.into_inner();
-    let principal = caller.principal().await?;
-    let mut client = auth.client().await?;
-    let org = administered(&client, &principal, &org).await?;
-    let sub = writable(named(&client, &org, &name).await?)?;
+    let (principal, mut client, org, sub) = api_managed(&auth, &caller, &org, &name).await?;
     let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
     events::replay(&tx, sub.id, body.from).await?;
     let from = body.from.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
@@ -267,10 +264,7 @@ pub(super) async fn delete(
     path: web::Path<(String, String)>,
 ) -> ApiResult<HttpResponse> {
     let (org, name) = path.into_inner();
-    let principal = caller.principal().await?;
-    let mut client = auth.client().await?;
-    let org = administered(&client, &principal, &org).await?;
-    let sub = writable(named(&client, &org, &name).await?)?;
+    let (principal, mut client, org, sub) = api_managed(&auth, &caller, &org, &name).await?;
     let tx = client.transaction().await.map_err(aerugo_db::Error::from)?;
     events::delete(&tx, sub.id).await?;
     record(&tx, &principal, caller.source(), "subscription.delete", &name, Some(org.id), json!({})).await?;
@@ -284,11 +278,22 @@ async fn named(client: &impl aerugo_db::GenericClient, org: &Organization, name:
         .ok_or_else(|| ApiError::NotFound(format!("subscription {name}")))
 }
 
-fn writable(sub: Subscription) -> ApiResult<Subscription> {
+/// The caller, a connection, organization `org` and its subscription `name`, when the caller
+/// administers the organization and the subscription is the API's to change.
+async fn api_managed(
+    auth: &Auth,
+    caller: &ApiCaller,
+    org: &str,
+    name: &str,
+) -> ApiResult<(std::sync::Arc<Principal>, aerugo_db::PooledClient, Organization, Subscription)> {
+    let principal = caller.principal().await?;
+    let client = auth.client().await?;
+    let org = administered(&client, &principal, org).await?;
+    let sub = named(&client, &org, name).await?;
     if sub.managed_by == MANAGED_BY_KUBERNETES {
         return Err(ApiError::managed_by_kubernetes(&format!("subscription {}", sub.name)));
     }
-    Ok(sub)
+    Ok((principal, client, org, sub))
 }
 
 fn is_name(name: &str) -> bool {
