@@ -127,7 +127,7 @@ async fn every_sslmode_behaves_as_libpq_and_both_binaries_connect_over_tls() {
 
     // Migrations, the LISTEN connection, and both binaries, all on verify-full.
     aerugo_db::migrate(&full).await.expect("migrate over TLS");
-    let mut listener = aerugo_db::notify::listen(&full, aerugo_db::notify::CHANNEL).await.expect("listen over TLS");
+    let mut listener = aerugo_db::notify::listen(&full).await.expect("listen over TLS");
     aerugo_db::notify::announce(
         &aerugo_db::pool(&full, 1).unwrap().get().await.unwrap(),
         aerugo_db::notify::Change::Everything("tls-test"),
@@ -146,7 +146,7 @@ async fn every_sslmode_behaves_as_libpq_and_both_binaries_connect_over_tls() {
         .unwrap();
     assert!(!refused.status.success(), "the data plane refuses a server whose name does not match");
     let secrets = tempfile::tempdir().unwrap();
-    let examples = repo_root().join("examples");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let applied = Command::new(operator_bin())
         .args(["apply", "-f"])
         .arg(&examples)

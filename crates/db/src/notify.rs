@@ -31,7 +31,7 @@ pub async fn announce(client: &impl GenericClient, change: Change<'_>) -> Result
     Ok(())
 }
 
-/// A connection listening on a channel; payloads arrive on the receiver, which closes when
+/// A connection listening on [`CHANNEL`]; payloads arrive on the receiver, which closes when
 /// the connection ends (the caller reconnects).
 pub struct Listener {
     /// Keeps the session (and so the `LISTEN`) alive.
@@ -40,8 +40,8 @@ pub struct Listener {
     pub payloads: mpsc::UnboundedReceiver<String>,
 }
 
-/// Opens a dedicated connection to `url` and listens on `channel` (e.g. [`CHANNEL`]).
-pub async fn listen(url: &str, channel: &str) -> Result<Listener> {
+/// Opens a dedicated connection to `url` and listens on [`CHANNEL`].
+pub async fn listen(url: &str) -> Result<Listener> {
     let (client, mut connection) = crate::tls::connect(url).await?;
     let (tx, payloads) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -61,6 +61,6 @@ pub async fn listen(url: &str, channel: &str) -> Result<Listener> {
             }
         }
     });
-    client.batch_execute(&format!("LISTEN {channel}")).await?;
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     Ok(Listener { _client: client, payloads })
 }

@@ -16,7 +16,7 @@ use crate::auth::Auth;
 pub async fn run(database_url: String, cache: Arc<Cache>, auth: Arc<Auth>) {
     let mut connected_before = false;
     loop {
-        match notify::listen(&database_url, notify::CHANNEL).await {
+        match notify::listen(&database_url).await {
             Ok(mut listener) => {
                 if connected_before {
                     tracing::info!("change notifications resumed");
