@@ -12,7 +12,7 @@
 #   ./scripts/dev.sh image  the container image of both binaries as an OCI layout, with buildah
 #                           and no base image (.aerugo/image/oci; see cmd_image).
 #   ./scripts/dev.sh bench  the benchmark against CNCF Distribution (bench/run.sh);
-#                           bench-pull, bench-operator, bench-gc, bench-image and bench-events
+#                           bench-pull, bench-operator, bench-gc, bench-image, bench-events and bench-mirror
 #                           measure one part each (docs/benchmarks.md).
 set -euo pipefail
 
@@ -304,7 +304,8 @@ PY
 }
 
 cmd_test() {
-  apt_install skopeo podman buildah runc containerd curl python3-pip git nginx openssl ca-certificates
+  apt_install skopeo podman buildah runc containerd curl python3-pip git nginx openssl ca-certificates \
+    docker-registry apache2-utils
   # kubectl drives the API emulator in one test: the machine's if it has one, else Debian's.
   command -v kubectl >/dev/null || apt_install kubernetes-client
   pip_install oras oras
@@ -400,6 +401,15 @@ cmd_bench_events() {
     cargo run --release -q -p aerugo-e2e --example bench_events -- "$@"
 }
 
+# Pull-through: an Aerugo Mirror vs Distribution as a pull-through proxy of the same upstream
+# (bench/mirror.sh): cold and warm pull time and upstream bytes, warm req/s.
+cmd_bench_mirror() {
+  apt_install docker-registry wrk apache2-utils skopeo curl
+  ensure_postgres
+  build --release
+  AERUGO_BIN=$CARGO_TARGET_DIR/release/aerugo-dataplane "$ROOT/bench/mirror.sh" "$@"
+}
+
 # Cold start of the image (podman run to /readyz) beside the binary started directly.
 cmd_bench_image() {
   apt_install podman runc curl
@@ -419,5 +429,6 @@ case "${1:-}" in
   bench-gc) shift; cmd_bench_gc "$@" ;;
   bench-image) shift; cmd_bench_image "$@" ;;
   bench-events) shift; cmd_bench_events "$@" ;;
-  *) echo "usage: $0 run|test|image|bench|bench-pull|bench-operator|bench-gc|bench-image|bench-events" >&2; exit 2 ;;
+  bench-mirror) shift; cmd_bench_mirror "$@" ;;
+  *) echo "usage: $0 run|test|image|bench|bench-pull|bench-operator|bench-gc|bench-image|bench-events|bench-mirror" >&2; exit 2 ;;
 esac

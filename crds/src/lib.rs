@@ -1,10 +1,11 @@
 //! The `aerugo.io/v1alpha1` custom resources: `Organization`, `Repository`, `ApiKey`,
-//! `EventSubscription` and `Registry`, with their schemas (every field's `///` becomes its `kubectl explain` text), and
+//! `EventSubscription`, `Mirror` and `Registry`, with their schemas (every field's `///` becomes its `kubectl explain` text), and
 //! the CRD YAML generated from them (`aerugo-operator crd`; the files in `crds/` are never
 //! edited by hand). Types only: no IO, no database, no HTTP.
 
 pub mod apikey;
 pub mod common;
+pub mod mirror;
 pub mod organization;
 pub mod registry;
 pub mod repository;
@@ -12,6 +13,7 @@ pub mod subscription;
 
 pub use apikey::{ApiKey, ApiKeySpec, ApiKeyStatus, KeyAction, KeyScope, SecretType};
 pub use common::{LocalRef, READY, ReclaimPolicy, Visibility};
+pub use mirror::{Mirror, MirrorSpec, MirrorStatus};
 pub use organization::{Member, Organization, OrganizationSpec, OrganizationStatus, Quota, Role};
 pub use registry::{Registry, RegistrySpec, RegistryStatus};
 pub use repository::{
@@ -27,7 +29,14 @@ pub const FINALIZER: &str = "aerugo.io/cleanup";
 
 /// Every CRD, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Registry::crd(), Organization::crd(), Repository::crd(), ApiKey::crd(), EventSubscription::crd()]
+    vec![
+        Registry::crd(),
+        Organization::crd(),
+        Repository::crd(),
+        ApiKey::crd(),
+        EventSubscription::crd(),
+        Mirror::crd(),
+    ]
 }
 
 /// `(file name, YAML)` for each CRD: what `crds/` holds.

@@ -194,7 +194,7 @@ fn full_objects() -> Vec<(Value, Value)> {
 #[tokio::test]
 async fn pruning_keeps_every_field() {
     let emulator = Emulator::new();
-    assert_eq!(emulator.install_crds_from(crds_dir()).expect("install"), 5);
+    assert_eq!(emulator.install_crds_from(crds_dir()).expect("install"), 6);
     for (mut object, status) in full_objects() {
         object["metadata"]["namespace"] = json!("default");
         let stored = emulator.seed(object.clone()).expect("create");

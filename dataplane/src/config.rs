@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// Hours events are kept (the feed, and how long a receiver may be down without losing any).
     #[arg(long, env = "AERUGO_EVENT_RETENTION_HOURS", default_value_t = 168)]
     pub event_retention_hours: u64,
+    /// Seconds a mirror's upstream has to answer a request, and to send the next bytes of a
+    /// blob, before the request counts as failed (a cached copy is then served).
+    #[arg(long, env = "AERUGO_MIRROR_UPSTREAM_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub mirror_upstream_timeout_seconds: u64,
     /// Authentication and token settings.
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -284,6 +288,8 @@ pub struct Settings {
     pub upload_ttl: Duration,
     /// Longest wait for the next bytes of a request body.
     pub body_idle_timeout: Duration,
+    /// How long a mirror's upstream has to answer (and to send a blob's next bytes).
+    pub mirror_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -294,6 +300,7 @@ impl Default for Settings {
             public_url: None,
             upload_ttl: Duration::from_secs(86_400),
             body_idle_timeout: Duration::from_secs(60),
+            mirror_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -312,12 +319,16 @@ impl ServeArgs {
         if self.upload_ttl < 60 {
             return Err(ConfigError("upload TTL must be at least 60 seconds".into()));
         }
+        if !(1..=600).contains(&self.mirror_upstream_timeout_seconds) {
+            return Err(ConfigError("the mirror upstream timeout must be between 1 and 600 seconds".into()));
+        }
         Ok(Settings {
             redirect: self.redirect,
             presign_ttl: Duration::from_secs(self.presign_ttl),
             public_url: self.public_url.as_ref().map(|u| u.as_str().trim_end_matches('/').to_owned()),
             upload_ttl: Duration::from_secs(self.upload_ttl),
             body_idle_timeout: Duration::from_secs(self.body_idle_timeout.max(1)),
+            mirror_timeout: Duration::from_secs(self.mirror_upstream_timeout_seconds),
         })
     }
 

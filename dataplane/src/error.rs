@@ -120,6 +120,16 @@ pub enum RegistryError {
     /// 503 with `Retry-After`: a dependency (database, storage) is unavailable.
     #[error("service unavailable, retry later")]
     Unavailable(String),
+    /// 503 with `Retry-After`: a mirror's upstream could not give what the mirror does not
+    /// hold. `message` tells the client what failed (not where: the upstream's address and
+    /// answer, `cause`, stay in the log).
+    #[error("{message}")]
+    Upstream {
+        /// For the client.
+        message: String,
+        /// For the log.
+        cause: String,
+    },
     /// 500: a bug or an unexpected dependency failure. The message stays in the log.
     #[error("internal server error")]
     Internal(String),
@@ -159,7 +169,7 @@ impl RegistryError {
             Self::TooManyRequests { .. } => "TOOMANYREQUESTS",
             Self::InvalidRequest(_) => "INVALID_REQUEST",
             Self::NoRoute => "NOT_FOUND",
-            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Unavailable(_) | Self::Upstream { .. } => "UNAVAILABLE",
             Self::Internal(_) => "UNKNOWN",
         }
     }
@@ -188,7 +198,11 @@ impl RegistryError {
             Self::SizeInvalid { detail, .. } => json!(detail),
             Self::RangeMismatch { offset, .. } => json!({ "offset": offset }),
             Self::RangeNotSatisfiable { size } => json!({ "size": size }),
-            Self::BlobUploadUnknown | Self::NoRoute | Self::Unavailable(_) | Self::Internal(_) => Value::Null,
+            Self::BlobUploadUnknown
+            | Self::NoRoute
+            | Self::Unavailable(_)
+            | Self::Upstream { .. }
+            | Self::Internal(_) => Value::Null,
         }
     }
 }
@@ -209,7 +223,7 @@ impl ResponseError for RegistryError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unsupported(_) => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Upstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -219,6 +233,7 @@ impl ResponseError for RegistryError {
         match self {
             Self::Internal(cause) => tracing::error!(error = %cause, "internal error"),
             Self::Unavailable(cause) => tracing::warn!(error = %cause, "dependency unavailable"),
+            Self::Upstream { message, cause } => tracing::warn!(error = %cause, "{message}"),
             _ => {}
         }
         let mut response = HttpResponse::build(self.status_code());
@@ -232,7 +247,7 @@ impl ResponseError for RegistryError {
             Self::RangeNotSatisfiable { size } => {
                 response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
             }
-            Self::Unavailable(_) => {
+            Self::Unavailable(_) | Self::Upstream { .. } => {
                 response.insert_header((header::RETRY_AFTER, HeaderValue::from_static("5")));
             }
             Self::Unauthorized { challenge, .. } | Self::DeniedWithChallenge { challenge } => {

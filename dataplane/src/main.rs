@@ -269,10 +269,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(events) => Some(Deliverer::new(pool.clone(), events, metrics.events.clone())?),
         None => None,
     };
+    let mirrors = Arc::new(aerugo_dataplane::mirror::Mirrors::new(settings.mirror_timeout, metrics.mirrors.clone()));
+    if let Err(e) = mirrors.refresh(&pool).await {
+        tracing::warn!(error = %e, "reading the mirrors failed; retrying in the background");
+    }
+    actix_web::rt::spawn(mirrors.clone().run(pool.clone()));
     let registry = web::Data::new(
         Registry::new(pool, store, settings.clone())
             .with_cache(cache.clone())
-            .with_upload_histogram(metrics.upload_duration.clone()),
+            .with_upload_histogram(metrics.upload_duration.clone())
+            .with_mirrors(mirrors),
     );
     actix_web::rt::spawn(aerugo_dataplane::cache::listen::run(
         args.database_url.clone(),

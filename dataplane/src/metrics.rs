@@ -53,6 +53,8 @@ pub struct Metrics {
     pub cache: CacheMetrics,
     /// Event delivery (recorded by the deliverer).
     pub events: crate::events::EventMetrics,
+    /// Pull-through mirrors (recorded by the registry core).
+    pub mirrors: crate::mirror::MirrorMetrics,
 }
 
 /// Snapshot of the database pool, taken at scrape time.
@@ -107,6 +109,7 @@ impl Metrics {
         }
         let cache = CacheMetrics::new(Some(&registry))?;
         let events = crate::events::EventMetrics::new(&registry)?;
+        let mirrors = crate::mirror::MirrorMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
             requests,
@@ -118,6 +121,7 @@ impl Metrics {
             upload_duration,
             cache,
             events,
+            mirrors,
         })
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 pub mod containerd;
+pub mod distribution;
 pub mod kubelet;
 pub mod postgres;
 pub mod receiver;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aerugo_crds::common::set_condition;
-use aerugo_crds::{ApiKey, EventSubscription, FINALIZER, Organization, READY, Registry, Repository};
+use aerugo_crds::{ApiKey, EventSubscription, FINALIZER, Mirror, Organization, READY, Registry, Repository};
 use futures_util::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::world::MANAGER;
-use crate::{key, org, registry, repo, subscription};
+use crate::{key, mirror, org, registry, repo, subscription};
 
 /// Whether an object is Ready, and why not.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +126,7 @@ kind!(Repository, aerugo_crds::RepositoryStatus, "repository", repo, notice = re
 kind!(ApiKey, aerugo_crds::ApiKeyStatus, "apikey", key);
 kind!(Registry, aerugo_crds::RegistryStatus, "registry", registry);
 kind!(EventSubscription, aerugo_crds::EventSubscriptionStatus, "eventsubscription", subscription);
+kind!(Mirror, aerugo_crds::MirrorStatus, "mirror", mirror);
 
 /// The status an object should have after a sync (or a failed one): the sync's fields (or the
 /// stored ones on failure) with the `Ready` condition set.
@@ -269,7 +270,7 @@ fn controller<K: Kind>(cluster: Arc<ClusterContext>) -> impl Future<Output = ()>
     )
 }
 
-/// Runs the Registry, Organization, Repository, ApiKey and EventSubscription controllers until
+/// Runs the Registry, Organization, Repository, ApiKey, EventSubscription and Mirror controllers until
 /// they stop. ApiKeys
 /// also watch the Secrets they own, so a deleted or edited Secret is rewritten; Registries
 /// watch their Deployment and migration Jobs.
@@ -316,6 +317,7 @@ pub async fn run(cluster: Arc<ClusterContext>) {
     tokio::join!(
         controller::<Organization>(cluster.clone()),
         controller::<EventSubscription>(cluster.clone()),
+        controller::<Mirror>(cluster.clone()),
         repositories,
         keys,
         registries

@@ -14,6 +14,7 @@ pub mod error;
 pub mod files;
 pub mod key;
 pub mod leader;
+pub mod mirror;
 pub mod org;
 pub mod pods;
 pub mod registry;

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use std::time::Duration;
 
-use aerugo_crds::{ApiKey, EventSubscription, Organization, Repository};
+use aerugo_crds::{ApiKey, EventSubscription, Mirror, Organization, Repository};
 use aerugo_kube_emulator::{Emulator, Fault, Verb};
 use aerugo_operator::context::{Metrics, Settings};
 use aerugo_operator::controller::{self, ClusterContext};
@@ -48,7 +48,7 @@ async fn start_on(resync: Duration, storage: Option<aerugo_operator::context::St
     drop(client_db);
     let emulator = Emulator::new();
     let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    assert_eq!(emulator.install_crds_from(&crds).expect("CRDs"), 5);
+    assert_eq!(emulator.install_crds_from(&crds).expect("CRDs"), 6);
     for ns in ["team", "other"] {
         emulator
             .seed(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns } }))
@@ -69,6 +69,7 @@ async fn create(h: &Harness, namespace: &str, object: Value) {
         "Repository" => "repositories",
         "Registry" => "registries",
         "EventSubscription" => "eventsubscriptions",
+        "Mirror" => "mirrors",
         _ => "apikeys",
     };
     let gvk = kube::api::GroupVersionKind::gvk("aerugo.io", "v1alpha1", &kind);
@@ -382,6 +383,65 @@ async fn event_subscriptions_become_rows_and_report_delivery() {
     subs.delete("ci", &DeleteParams::default()).await.expect("delete");
     h.emulator.wait_for::<EventSubscription, _>(Some("team"), "ci", WAIT, |s| s.is_none()).await.expect("gone");
     assert!(aerugo_db::events::subscription(&db, id).await.unwrap().is_none());
+}
+
+fn mirror(name: &str, spec: Value) -> Value {
+    json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": "Mirror", "metadata": { "name": name }, "spec": spec })
+}
+
+#[tokio::test]
+async fn mirrors_become_rows_with_their_credentials_and_conflicts_are_reported() {
+    let h = start().await;
+    create(&h, "team", org("hub", json!({}))).await;
+    create(&h, "team", org("quay", json!({}))).await;
+    wait_reason::<Organization>(&h, "team", "hub", "True", "Reconciled").await;
+    wait_reason::<Organization>(&h, "team", "quay", "True", "Reconciled").await;
+    let spec = json!({
+        "organizationRef": { "name": "hub" },
+        "upstream": "https://registry-1.docker.io/",
+        "registryHosts": ["docker.io"],
+        "credentialsSecret": { "name": "hub-login" },
+        "repositories": ["library/*"],
+        "staleAfter": "15m",
+        "maxSize": "10Gi",
+    });
+    // The credentials Secret comes later: the mirror waits for it.
+    create(&h, "team", mirror("dockerhub", spec.clone())).await;
+    wait_reason::<Mirror>(&h, "team", "dockerhub", "False", "SecretNotFound").await;
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), "team");
+    let login = json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "hub-login" },
+                        "data": { "username": "cm9ib3Q=", "password": "czNjcjN0" } });
+    secrets.create(&PostParams::default(), &serde_json::from_value(login).unwrap()).await.expect("secret");
+    let ready: Mirror = wait_reason(&h, "team", "dockerhub", "True", "Reconciled").await;
+    let status = ready.status.expect("status");
+    assert_eq!(status.registry_hosts, ["docker.io"]);
+    let db = h.db.get().await.unwrap();
+    let rows = aerugo_db::mirrors::all(&db).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!((row.org.as_str(), row.upstream.as_str()), ("hub", "https://registry-1.docker.io"));
+    assert_eq!(row.credentials, Some(("robot".to_owned(), "s3cr3t".to_owned())));
+    assert_eq!((row.stale_after.as_secs(), row.max_bytes, row.serve_stale_on_error), (900, Some(10 << 30), true));
+    assert_eq!(row.repositories, ["library/*"]);
+
+    // One mirror per organization, one mirror per registry host.
+    create(&h, "team", mirror("second", spec.clone())).await;
+    wait_reason::<Mirror>(&h, "team", "second", "False", "OrganizationTaken").await;
+    let mut same_host = spec.clone();
+    same_host["organizationRef"]["name"] = json!("quay");
+    create(&h, "team", mirror("same-host", same_host)).await;
+    wait_reason::<Mirror>(&h, "team", "same-host", "False", "RegistryHostTaken").await;
+    let mut bad = spec.clone();
+    bad["organizationRef"]["name"] = json!("quay");
+    bad["upstream"] = json!("https://user:pw@quay.io");
+    create(&h, "team", mirror("bad", bad)).await;
+    wait_reason::<Mirror>(&h, "team", "bad", "False", "InvalidSpec").await;
+
+    // Deleting the object deletes the row; the organization keeps what was fetched.
+    let mirrors: Api<Mirror> = Api::namespaced(h.client.clone(), "team");
+    mirrors.delete("dockerhub", &DeleteParams::default()).await.expect("delete");
+    h.emulator.wait_for::<Mirror, _>(Some("team"), "dockerhub", WAIT, |s| s.is_none()).await.expect("gone");
+    assert!(aerugo_db::mirrors::all(&db).await.unwrap().iter().all(|m| m.name != "dockerhub"));
 }
 
 #[tokio::test]

@@ -54,7 +54,8 @@ pub async fn links_without_object(client: &impl GenericClient) -> Result<Vec<(St
 }
 
 /// Blobs a manifest references that its repository does not link: (repository, manifest,
-/// blob, the repository's location holds an object of the blob).
+/// blob, the repository's location holds an object of the blob). A pull-through mirror's blobs
+/// not fetched yet are not listed.
 pub async fn manifest_blobs_not_linked(client: &impl GenericClient) -> Result<Vec<(String, String, String, bool)>> {
     Ok(client
         .query(
@@ -63,6 +64,10 @@ pub async fn manifest_blobs_not_linked(client: &impl GenericClient) -> Result<Ve
                FROM manifest_blobs mb JOIN manifests m ON m.id = mb.manifest_id
                JOIN repositories r ON r.id = m.repository_id JOIN organizations o ON o.id = r.org_id
               WHERE NOT EXISTS (SELECT 1 FROM repository_blobs rb WHERE rb.repository_id = m.repository_id AND rb.digest = mb.digest)
+                -- A mirror's manifests name blobs it fetches on their first pull.
+                AND NOT (EXISTS (SELECT 1 FROM mirrors mi WHERE mi.org_id = o.id)
+                         AND NOT EXISTS (SELECT 1 FROM blob_objects bo
+                                          WHERE bo.digest = mb.digest AND bo.location = COALESCE(o.bucket, '')))
               ORDER BY r.name, m.digest, mb.digest",
             &[],
         )

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod fsck;
 pub mod gc;
+pub mod mirrors;
 pub mod notify;
 pub mod registry;
 pub mod retention;

@@ -422,6 +422,9 @@ pub struct AccessFacts {
     pub org: Option<(i64, bool)>,
     /// The repository, if it exists: (id, visibility).
     pub repository: Option<(i64, String)>,
+    /// The organization's default visibility when a pull-through mirror fills it: a
+    /// repository it has not fetched yet is pulled with the visibility it will get.
+    pub mirrored: Option<String>,
     /// The user's role in the organization.
     pub role: Option<String>,
     /// Grants on the repository naming the user or the API key.
@@ -440,6 +443,8 @@ pub async fn access_facts(
     let stmt = client
         .prepare_cached(
             "SELECT o.id AS org_id, o.auto_create_repos, r.id AS repo_id, r.visibility,
+                    CASE WHEN EXISTS (SELECT 1 FROM mirrors mi WHERE mi.org_id = o.id)
+                         THEN o.default_visibility END AS mirrored,
                     (SELECT m.role FROM org_members m WHERE m.org_id = o.id AND m.user_id = $3) AS role,
                     ARRAY(SELECT g.access FROM repository_grants g WHERE g.repository_id = r.id
                            AND ((g.subject_kind = 'user' AND g.subject_id = $3)
@@ -455,6 +460,7 @@ pub async fn access_facts(
     Ok(AccessFacts {
         org: org_id.map(|id| (id, row.get("auto_create_repos"))),
         repository: repo_id.map(|id| (id, row.get("visibility"))),
+        mirrored: row.get("mirrored"),
         role: row.get("role"),
         grants: row.get("grants"),
     })

@@ -318,6 +318,12 @@ fn rights_from(facts: &AccessFacts, principal: Option<&Principal>, name: &RepoNa
             let visibility = visibility.parse().unwrap_or(Visibility::Private);
             permission::repository_actions(visibility, standing.as_ref())
         }
+        // A mirrored repository not fetched yet: pulled as it will be once fetched (pushes
+        // into a mirror are refused by the core, with a message saying why).
+        (None, Some(_)) if facts.mirrored.is_some() => {
+            let visibility = facts.mirrored.as_deref().and_then(|v| v.parse().ok()).unwrap_or(Visibility::Private);
+            permission::repository_actions(visibility, standing.as_ref())
+        }
         (None, Some((_, auto_create))) => {
             let base = permission::repository_actions(Visibility::Private, standing.as_ref());
             if permission::may_create_repository(standing.as_ref(), auto_create) {

@@ -15,13 +15,12 @@ use aerugo_db::Pool;
 use aerugo_db::events::{self, Progress, Subscription};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use prometheus::{Histogram, IntCounterVec};
 use tokio::sync::watch;
 
 use cloudevents::Selection;
+
+use crate::http_client::{HttpClient, describe};
 
 /// How a node delivers events.
 #[derive(Debug, Clone)]
@@ -71,8 +70,6 @@ impl EventMetrics {
     }
 }
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// A node's deliverer.
 pub struct Deliverer {
     pool: Pool,
@@ -101,18 +98,7 @@ enum Round {
 impl Deliverer {
     /// A deliverer for this node.
     pub fn new(pool: Pool, settings: Settings, metrics: EventMetrics) -> anyhow::Result<Arc<Self>> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            // A certificate the store cannot parse is left out, as browsers do.
-            let _ = roots.add(cert);
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector =
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
-        let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        let http = crate::http_client::new()?;
         let owner = format!("{}-{}", settings.node, &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let (wake, _) = watch::channel(0);
         Ok(Arc::new(Deliverer { pool, settings, owner, http, wake, metrics }))
@@ -382,18 +368,6 @@ pub const LINGER: Duration = Duration::from_millis(100);
 pub fn backoff(failures: i32, max: Duration) -> Duration {
     let exponent = u32::try_from(failures.clamp(1, 30) - 1).unwrap_or(0);
     Duration::from_secs(1u64 << exponent.min(20)).min(max)
-}
-
-/// A client error with its causes (hyper's own message is only the outermost).
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

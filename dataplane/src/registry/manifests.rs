@@ -84,7 +84,7 @@ impl Registry {
         Ok(found)
     }
 
-    async fn load_manifest(&self, name: &str, reference: &Reference) -> Result<StoredManifest> {
+    pub(super) async fn load_manifest(&self, name: &str, reference: &Reference) -> Result<StoredManifest> {
         let client = self.client().await?;
         let (key, by_tag) = match reference {
             Reference::Tag(tag) => (tag.as_str(), true),

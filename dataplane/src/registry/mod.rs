@@ -5,6 +5,7 @@
 mod blobs;
 mod listing;
 mod manifests;
+mod mirror;
 mod uploads;
 
 use std::sync::Arc;
@@ -71,6 +72,7 @@ pub struct Registry {
     upload_seconds: prometheus::Histogram,
     last_probe: tokio::sync::Mutex<Probe>,
     pulls: std::sync::Mutex<Pulls>,
+    mirrors: Arc<crate::mirror::Mirrors>,
 }
 
 /// Manifest pulls not yet written: repository → digest → when, and how many. Nested so that
@@ -89,6 +91,10 @@ impl Registry {
     /// A registry over `db` and `store`, with an in-process cache.
     pub fn new(db: Pool, store: AnyStore, settings: Settings) -> Self {
         let upload_seconds = crate::metrics::upload_histogram();
+        let mirrors = Arc::new(crate::mirror::Mirrors::new(
+            settings.mirror_timeout,
+            crate::mirror::MirrorMetrics::unregistered(),
+        ));
         Registry {
             db,
             store,
@@ -97,6 +103,7 @@ impl Registry {
             upload_seconds,
             last_probe: tokio::sync::Mutex::new(None),
             pulls: std::sync::Mutex::default(),
+            mirrors,
         }
     }
 
@@ -153,6 +160,17 @@ impl Registry {
     pub fn with_upload_histogram(mut self, histogram: prometheus::Histogram) -> Self {
         self.upload_seconds = histogram;
         self
+    }
+
+    /// Uses `mirrors` (the node's, with registered metrics and a refresh task).
+    pub fn with_mirrors(mut self, mirrors: Arc<crate::mirror::Mirrors>) -> Self {
+        self.mirrors = mirrors;
+        self
+    }
+
+    /// The node's pull-through mirrors.
+    pub fn mirrors(&self) -> &crate::mirror::Mirrors {
+        &self.mirrors
     }
 
     /// The pull-path cache.
@@ -240,6 +258,13 @@ impl Registry {
         name: &RepoName,
         actor: &Actor,
     ) -> Result<Repository> {
+        if let Some(entry) = self.mirrors.of_org(name.namespace()) {
+            return Err(RegistryError::Denied(format!(
+                "organization {} is a pull-through mirror of {}: it is filled by pulls, not pushes",
+                name.namespace(),
+                entry.mirror.upstream
+            )));
+        }
         if let Some(repo) = registry::find_repository(client, name.as_str()).await? {
             return Ok(repo);
         }

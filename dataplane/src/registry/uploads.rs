@@ -332,7 +332,7 @@ impl Registry {
     /// Records the object `key` of `digest` in `repo`'s location and links it there, in one
     /// transaction, unless the garbage collector took the object meanwhile.
     #[allow(clippy::too_many_arguments)]
-    async fn record_blob(
+    pub(super) async fn record_blob(
         &self,
         repo: &Repository,
         digest: &Digest,
@@ -505,7 +505,7 @@ impl Registry {
     /// `quota.exceeded` event (in its own transaction: the push's is not committed). Call with no
     /// transaction open on the organization: the event's stream may be locked by a push waiting
     /// for it.
-    async fn refused_by_quota(
+    pub(super) async fn refused_by_quota(
         &self,
         repo: &Repository,
         over: &registry::OverQuota,

@@ -4,7 +4,7 @@ use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::{HeadBody, digest, header as header_value, repo_name};
+use super::{HeadBody, digest, header as header_value, pull_name, repo_name};
 use crate::Registry;
 use crate::auth::Caller;
 use crate::error::{RegistryError, Result};
@@ -13,11 +13,19 @@ use aerugo_auth::Action;
 
 type Path = web::Path<(String, String)>;
 
-pub(super) async fn head(registry: web::Data<Registry>, caller: Caller, path: Path) -> Result<HttpResponse> {
-    let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
+pub(super) async fn head(
+    registry: web::Data<Registry>,
+    caller: Caller,
+    path: Path,
+    req: HttpRequest,
+) -> Result<HttpResponse> {
+    let (name, digest) = (pull_name(&registry, &req, &path.0)?, digest(&path.1)?);
     let view = registry.cache().view(name.as_str()).await;
     caller.authorize_pull(&view, &name, || RegistryError::BlobUnknown(digest.to_string())).await?;
-    let blob = registry.blob(&view, &digest).await?;
+    let blob = match registry.mirrors().route(name.as_str()) {
+        Some(_) => registry.mirror_blob(&view, &name, &digest).await?,
+        None => registry.blob(&view, &digest).await?,
+    };
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header(("Docker-Content-Digest", blob.digest.as_str()))
@@ -32,10 +40,14 @@ pub(super) async fn get(
     path: Path,
     req: HttpRequest,
 ) -> Result<HttpResponse> {
-    let (name, digest) = (repo_name(&path.0)?, digest(&path.1)?);
+    let (name, digest) = (pull_name(&registry, &req, &path.0)?, digest(&path.1)?);
     let view = registry.cache().view(name.as_str()).await;
     caller.authorize_pull(&view, &name, || RegistryError::BlobUnknown(digest.to_string())).await?;
-    let (blob, body) = registry.read_blob(&view, &digest, header_value(&req, "range")).await?;
+    let range = header_value(&req, "range");
+    let (blob, body) = match registry.mirrors().route(name.as_str()) {
+        Some(routed) => registry.clone().into_inner().mirror_read_blob(&view, &name, &routed, &digest, range).await?,
+        None => registry.read_blob(&view, &digest, range).await?,
+    };
     let size = u64::try_from(blob.size).unwrap_or(0);
     Ok(match body {
         BlobBody::Redirect(url) => HttpResponse::TemporaryRedirect()

@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use aerugo_oci::manifest::OCI_INDEX;
 use serde_json::{Map, Value, json};
 
-use super::{digest, query, repo_name};
+use super::{digest, pull_name, query};
 use crate::Registry;
 use crate::auth::Caller;
 use crate::error::{RegistryError, Result};
@@ -63,7 +63,7 @@ pub(super) async fn tags(
     path: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse> {
-    let name = repo_name(&path)?;
+    let name = pull_name(&registry, &req, &path)?;
     let view = registry.cache().view(name.as_str()).await;
     caller.authorize_pull(&view, &name, || RegistryError::NameUnknown(name.to_string())).await?;
     let page = page(&req)?;
@@ -81,7 +81,7 @@ pub(super) async fn referrers(
     path: web::Path<(String, String)>,
     req: HttpRequest,
 ) -> Result<HttpResponse> {
-    let (name, subject) = (repo_name(&path.0)?, digest(&path.1)?);
+    let (name, subject) = (pull_name(&registry, &req, &path.0)?, digest(&path.1)?);
     caller
         .authorize(&name, Action::Pull)
         .await

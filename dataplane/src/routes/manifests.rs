@@ -6,7 +6,7 @@ use aerugo_oci::Reference;
 use aerugo_oci::manifest::{DOCKER_MANIFEST_LIST, MAX_MANIFEST_BYTES, OCI_INDEX};
 use futures_util::StreamExt;
 
-use super::{header as header_value, repo_name};
+use super::{header as header_value, pull_name, repo_name};
 use crate::Registry;
 use crate::auth::Caller;
 use crate::error::{RegistryError, Result};
@@ -52,10 +52,13 @@ pub(super) async fn get(
     path: Path,
     req: HttpRequest,
 ) -> Result<HttpResponse> {
-    let (name, reference) = parse(&path)?;
+    let (name, reference) = (pull_name(&registry, &req, &path.0)?, path.1.parse::<Reference>()?);
     let view = registry.cache().view(name.as_str()).await;
     caller.authorize_pull(&view, &name, || RegistryError::ManifestUnknown(reference.to_string())).await?;
-    let manifest = registry.manifest(&view, &reference).await?;
+    let manifest = match registry.mirrors().route(name.as_str()) {
+        Some(routed) => registry.mirror_manifest(&view, &name, &routed, &reference).await?,
+        None => registry.manifest(&view, &reference).await?,
+    };
     let accept: Vec<&str> = req.headers().get_all(header::ACCEPT).filter_map(|v| v.to_str().ok()).collect();
     if !acceptable(&accept, &manifest.media_type) {
         return Err(RegistryError::ManifestUnknown(format!(

@@ -21,6 +21,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use aerugo_oci::{Digest, RepoName};
 use bytes::Bytes;
 
+use crate::Registry;
 use crate::auth::Caller;
 use crate::error::{RegistryError, Result};
 
@@ -74,6 +75,16 @@ pub async fn no_route() -> Result<HttpResponse> {
 
 fn repo_name(raw: &str) -> Result<RepoName> {
     Ok(raw.parse()?)
+}
+
+/// The repository a pull names. containerd, configured with `hosts.toml` to pull a registry's
+/// images through Aerugo, sends that registry's host as `?ns=`: the name is then under the
+/// organization of the mirror for that host, if there is one.
+fn pull_name(registry: &Registry, req: &HttpRequest, raw: &str) -> Result<RepoName> {
+    match query(req, "ns").and_then(|ns| registry.mirrors().local_name(raw, Some(&ns))) {
+        Some(local) => repo_name(&local),
+        None => repo_name(raw),
+    }
 }
 
 fn digest(raw: &str) -> Result<Digest> {
