@@ -313,6 +313,29 @@ async fn examples_through_the_operator_serve_pushes_and_pulls_on_two_nodes() {
             objects.push(doc);
         }
     }
+    // A pull-through mirror of an upstream registry (Distribution with htpasswd on loopback),
+    // filling a public organization of its own, with the upstream's login in a Secret.
+    let upstream = match aerugo_e2e::distribution::Distribution::start() {
+        Ok(d) => d,
+        Err(missing) => panic!("{missing} is needed (./scripts/dev.sh test installs it)"),
+    };
+    let upstream_image = work.path().join("upstream-image");
+    let upstream_digest = oci_layout(&upstream_image, "linux/amd64", 100_000, 12);
+    upstream.push(&upstream_image, "library/tool:1.0");
+    for doc in [
+        json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": "Organization",
+                "metadata": { "name": "hub", "namespace": "team" },
+                "spec": { "members": [{ "user": "admin", "role": "Owner" }], "defaultVisibility": "Public" } }),
+        json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "hub-login", "namespace": "team" },
+                "data": { "username": b64(upstream.user), "password": b64(upstream.password) } }),
+        json!({ "apiVersion": "aerugo.io/v1alpha1", "kind": "Mirror", "metadata": { "name": "hub", "namespace": "team" },
+                "spec": { "organizationRef": { "name": "hub" }, "upstream": format!("http://{}", upstream.host),
+                          "registryHosts": ["docker.io"], "credentialsSecret": { "name": "hub-login" },
+                          "repositories": ["library/*"] } }),
+    ] {
+        emulator.seed(doc.clone()).expect("apply");
+        objects.push(doc);
+    }
     // A platform team's webhook: an EventSubscription of the organization, signed with a key of
     // a Secret of the namespace, delivering to a receiver on loopback.
     let receiver = aerugo_e2e::receiver::Receiver::start().await;
@@ -344,8 +367,13 @@ async fn examples_through_the_operator_serve_pushes_and_pulls_on_two_nodes() {
     let nodes = kubelet.pods("aerugo");
     assert_eq!(nodes.len(), 2, "the Registry's two replicas run");
     service.set_backends(nodes.clone());
-    let registry = emulator.get_raw("aerugo.io/v1alpha1", "registries", Some(SYSTEM), "aerugo").unwrap();
-    assert_eq!(registry["status"]["readyReplicas"], 2);
+    // The status counts the second replica at the Registry's next reconcile after the Pod runs.
+    eventually("the Registry reports two ready replicas", Duration::from_secs(30), || {
+        emulator
+            .get_raw("aerugo.io/v1alpha1", "registries", Some(SYSTEM), "aerugo")
+            .is_some_and(|r| r["status"]["readyReplicas"] == 2)
+    })
+    .await;
 
     // The keys, read from the Secrets the operator wrote.
     let push = secret_data(&emulator, "team", "ci-push");
@@ -406,6 +434,34 @@ async fn examples_through_the_operator_serve_pushes_and_pulls_on_two_nodes() {
         &app.replace(":v1", ":pull-key"),
     ]);
     assert!(!refused.status.success(), "a pull key must not push");
+
+    // Through the Mirror, anonymously (its organization is public), on both pods: the
+    // upstream's image, fetched from the upstream once per blob.
+    // Each pod reads the mirrors every 2 s: Ready on the object precedes that by up to 2 s.
+    for node in &nodes {
+        eventually("the pods serve the Mirror", Duration::from_secs(10), || {
+            http_status(node, "HEAD", "/v2/hub/library/tool/manifests/1.0") == Some(200)
+        })
+        .await;
+    }
+    let mirrored = format!("docker://{}/hub/library/tool:1.0", service.host);
+    for i in 0..2 {
+        let into = format!("oci:{}:m", work.path().join(format!("mirrored{i}")).display());
+        ok(
+            skopeo(&["copy", "--src-tls-verify=false", "--src-no-creds", &mirrored, &into]),
+            "skopeo pull through the Mirror",
+        );
+    }
+    let inspect = skopeo(&["inspect", "--tls-verify=false", "--no-creds", "--raw", &mirrored]);
+    assert!(inspect.status.success(), "inspect through the Mirror: {}", String::from_utf8_lossy(&inspect.stderr));
+    assert_eq!(sha256_digest(&inspect.stdout), upstream_digest, "the upstream's manifest, byte for byte");
+    let fetched: Vec<String> = upstream
+        .access_log()
+        .lines()
+        .filter(|l| l.contains("\"GET /v2/library/tool/blobs/") && l.contains("\" 200 "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(fetched.len(), 2, "config and layer fetched once each: {fetched:#?}");
 
     // An upload started on one node is finished on the other.
     let (a, b) = (&nodes[0], &nodes[1]);

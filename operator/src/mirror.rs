@@ -139,7 +139,7 @@ pub async fn sync(ctx: &Context, obj: &Mirror) -> Result<Synced<MirrorStatus>> {
             mirror_id: Some(id),
             registry_hosts: valid.registry_hosts.clone(),
             cached_bytes,
-            cached: Some(binary_units(cached_bytes)),
+            cached: Some(aerugo_db::binary_units(cached_bytes)),
             ..Default::default()
         },
         readiness: Readiness::ready(),
@@ -172,18 +172,6 @@ pub async fn cleanup(ctx: &Context, obj: &Mirror) -> Result<()> {
         tracing::info!(mirror = %obj.name_any(), "mirror deleted");
     }
     Ok(())
-}
-
-/// Bytes in binary units (`1.5 GiB`).
-fn binary_units(n: i64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 #[cfg(test)]
@@ -238,7 +226,7 @@ mod tests {
 
     #[test]
     fn sizes_read_in_binary_units() {
-        assert_eq!(binary_units(512), "512 B");
-        assert_eq!(binary_units(3 << 29), "1.5 GiB");
+        assert_eq!(aerugo_db::binary_units(512), "512 B");
+        assert_eq!(aerugo_db::binary_units(3 << 29), "1.5 GiB");
     }
 }

@@ -60,6 +60,18 @@ pub async fn migrate(url: &str) -> Result<Vec<String>> {
     Ok(applied.applied_migrations().iter().map(|m| m.to_string()).collect())
 }
 
+/// Bytes in binary units (`1.5 GiB`), as quota messages and statuses show them.
+pub fn binary_units(n: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
 /// A stable fingerprint of the embedded migrations (names the test template database).
 pub fn schema_fingerprint() -> u64 {
     embedded::migrations::runner().get_migrations().iter().fold(0u64, |acc, m| acc.rotate_left(7) ^ m.checksum())

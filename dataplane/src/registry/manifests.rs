@@ -130,23 +130,9 @@ impl Registry {
             parsed.blobs.iter().chain(&parsed.children).try_fold(0u64, |sum, d| sum.checked_add(d.size)).ok_or_else(
                 || RegistryError::SizeInvalid { over_limit: true, detail: "descriptor sizes add up past 2^64".into() },
             )?;
-        let id = registry::insert_manifest(
-            &tx,
-            &NewManifest {
-                repository_id: repo.id,
-                digest: digest.as_str(),
-                media_type: &parsed.media_type,
-                artifact_type: parsed.artifact_type.as_deref(),
-                subject_digest: parsed.subject.as_ref().map(|s| s.digest.as_str()),
-                config_digest: parsed.config.as_ref().map(|c| c.digest.as_str()),
-                annotations: parsed.annotations.clone().map(serde_json::Value::Object),
-                payload,
-                total_size: i64::try_from(referenced.saturating_add(payload.len() as u64)).unwrap_or(i64::MAX),
-                blob_digests: &blob_digests,
-                child_ids: &child_ids,
-            },
-        )
-        .await?;
+        let total = referenced.saturating_add(payload.len() as u64);
+        let row = new_manifest(repo.id, &digest, &parsed, payload, total, &blob_digests, &child_ids);
+        let id = registry::insert_manifest(&tx, &row).await?;
         if let Reference::Tag(tag) = reference {
             match immutable_by(&repo.immutable_tag_patterns, tag.as_str()) {
                 Some(pattern) => {
@@ -218,6 +204,32 @@ impl Registry {
     }
 }
 
+/// The row of manifest `digest` (`parsed` from `payload`) in repository `repository_id`:
+/// `total` bytes with what it references, the (deduplicated) blobs and child manifest rows.
+pub(super) fn new_manifest<'a>(
+    repository_id: i64,
+    digest: &'a Digest,
+    parsed: &'a ParsedManifest,
+    payload: &'a [u8],
+    total: u64,
+    blob_digests: &'a [String],
+    child_ids: &'a [i64],
+) -> NewManifest<'a> {
+    NewManifest {
+        repository_id,
+        digest: digest.as_str(),
+        media_type: &parsed.media_type,
+        artifact_type: parsed.artifact_type.as_deref(),
+        subject_digest: parsed.subject.as_ref().map(|s| s.digest.as_str()),
+        config_digest: parsed.config.as_ref().map(|c| c.digest.as_str()),
+        annotations: parsed.annotations.clone().map(serde_json::Value::Object),
+        payload,
+        total_size: i64::try_from(total).unwrap_or(i64::MAX),
+        blob_digests,
+        child_ids,
+    }
+}
+
 /// The first of `patterns` (globs) that makes `tag` immutable.
 fn immutable_by<'a>(patterns: &'a [String], tag: &str) -> Option<&'a str> {
     patterns.iter().find(|p| globset::Glob::new(p).is_ok_and(|g| g.compile_matcher().is_match(tag))).map(String::as_str)
@@ -267,7 +279,7 @@ fn same_size(descriptor: &manifest::Descriptor, stored: i64, what: &str) -> Resu
     })
 }
 
-fn dedup(items: impl Iterator<Item = String>) -> Vec<String> {
+pub(super) fn dedup(items: impl Iterator<Item = String>) -> Vec<String> {
     let mut v: Vec<String> = items.collect();
     v.sort();
     v.dedup();

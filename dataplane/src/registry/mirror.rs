@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aerugo_db::mirrors;
-use aerugo_db::registry::{self, Blob, NewManifest, Repository};
+use aerugo_db::registry::{self, Blob, Repository};
 use aerugo_db::{GenericClient, PooledClient};
 use aerugo_oci::manifest::{self, MAX_MANIFEST_BYTES};
 use aerugo_oci::{Digest, Reference, RepoName, ResumableHash};
@@ -343,28 +343,11 @@ impl Registry {
         } else {
             registry::manifest_ids(&tx, repo.id, &children).await?.into_values().map(|(id, _)| id).collect()
         };
-        let mut blob_digests: Vec<String> = sizes.iter().map(|(d, _)| d.clone()).collect();
-        blob_digests.sort();
-        blob_digests.dedup();
+        let blob_digests = super::manifests::dedup(sizes.iter().map(|(d, _)| d.clone()));
         let total =
             parsed.blobs.iter().chain(&parsed.children).fold(payload.len() as u64, |sum, d| sum.saturating_add(d.size));
-        let id = registry::insert_manifest(
-            &tx,
-            &NewManifest {
-                repository_id: repo.id,
-                digest: digest.as_str(),
-                media_type: &parsed.media_type,
-                artifact_type: parsed.artifact_type.as_deref(),
-                subject_digest: parsed.subject.as_ref().map(|s| s.digest.as_str()),
-                config_digest: parsed.config.as_ref().map(|c| c.digest.as_str()),
-                annotations: parsed.annotations.clone().map(serde_json::Value::Object),
-                payload: &payload,
-                total_size: i64::try_from(total).unwrap_or(i64::MAX),
-                blob_digests: &blob_digests,
-                child_ids: &child_ids,
-            },
-        )
-        .await?;
+        let row = super::manifests::new_manifest(repo.id, digest, &parsed, &payload, total, &blob_digests, &child_ids);
+        let id = registry::insert_manifest(&tx, &row).await?;
         mirrors::adopt(&tx, repo.id, id, digest.as_str()).await?;
         if let Some(tag) = tag {
             registry::put_tag(&tx, repo.id, tag, id).await?;

@@ -4,7 +4,7 @@
 use std::fmt::Display;
 
 use aerugo_db::registry::Repository;
-use aerugo_db::{PooledClient, registry, uploads};
+use aerugo_db::{PooledClient, binary_units, registry, uploads};
 use aerugo_oci::range::ChunkRange;
 use aerugo_oci::{Algorithm, Digest, RepoName, ResumableHash};
 use aerugo_storage::{AnyStore, AnyWriter, BlobStore, UploadState, UploadWriter};
@@ -529,25 +529,13 @@ impl Registry {
 
 /// `DENIED`, naming the quota and the numbers.
 fn quota_denied(over: &registry::OverQuota) -> RegistryError {
-    let push = if over.adds > 0 { format!("; this blob adds {}", bytes(over.adds)) } else { String::new() };
+    let push = if over.adds > 0 { format!("; this blob adds {}", binary_units(over.adds)) } else { String::new() };
     RegistryError::OverQuota(format!(
         "organization {} is at its storage quota of {}: {} used{push}",
         over.org,
-        bytes(over.quota),
-        bytes(over.used)
+        binary_units(over.quota),
+        binary_units(over.used)
     ))
-}
-
-/// Bytes in binary units (`1.5 GiB`).
-fn bytes(n: i64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 fn too_large() -> RegistryError {
