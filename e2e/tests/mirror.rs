@@ -34,6 +34,13 @@ struct Declare<'a> {
     repositories: &'a [&'a str],
 }
 
+/// Sets the storage quota of organization `org`.
+async fn set_quota(database: &str, org: &str, bytes: i64) {
+    let db = aerugo_db::pool(database, 1).expect("pool");
+    let client = db.get().await.expect("database");
+    client.execute("UPDATE organizations SET quota_bytes = $2 WHERE name = $1", &[&org, &bytes]).await.expect("quota");
+}
+
 impl Declare<'_> {
     /// Creates the (public) organization if missing and writes the mirror row, as the operator
     /// does for a Mirror object.
@@ -383,4 +390,53 @@ async fn bearer_token_upstreams_get_the_mirror_credentials_never_the_client_ones
     let (ok, err) = pull(&node, "up/corp/app:v1", &work.path().join("credentials"));
     assert!(ok, "{err}");
     assert_eq!(digest_of(&node, "up/corp/app:v1"), digest);
+}
+
+/// What a mirror stores counts against its organization's quota: a fetch past it is refused
+/// with `DENIED` naming the quota, and nothing of the refused blob is kept.
+#[tokio::test]
+async fn mirrored_content_counts_against_the_organization_quota() {
+    let Some(upstream) = distribution() else { return };
+    let small = upstream.dir().join("small");
+    oci_layout(&small, "linux/amd64", 10_000, 95);
+    upstream.push(&small, "lib/small:v1");
+    let big = upstream.dir().join("big");
+    oci_layout(&big, "linux/amd64", 2 << 20, 96);
+    upstream.push(&big, "lib/big:v1");
+    let database = fresh_database().await;
+    Declare {
+        org: "quota",
+        upstream: format!("http://{}", upstream.host),
+        hosts: &[],
+        credentials: Some((upstream.user, upstream.password)),
+        stale_after_seconds: 600,
+        max_bytes: None,
+        repositories: &[],
+    }
+    .write(&database)
+    .await;
+    set_quota(&database, "quota", 1 << 20).await;
+    let node = Server::start(&database, Storage::File);
+    let work = tempfile::tempdir().expect("tempdir");
+    let (ok, err) = pull(&node, "quota/lib/small:v1", &work.path().join("small"));
+    assert!(ok, "under the quota: {err}");
+    let (ok, err) = pull(&node, "quota/lib/big:v1", &work.path().join("big"));
+    assert!(!ok && err.contains("403"), "a 2 MiB layer past a 1 MiB quota is refused: {err}");
+    let manifest = node.raw_manifest("quota/lib/big:v1");
+    let layer = manifest["layers"][0]["digest"].as_str().expect("layer digest");
+    let answer = node.http_as_admin("GET", &format!("/v2/quota/lib/big/blobs/{layer}")).expect("answer");
+    assert!(answer.contains(" 403 ") && answer.contains("storage quota"), "{answer}");
+    let db = aerugo_db::pool(&database, 1).expect("pool");
+    let client = db.get().await.expect("database");
+    let used: i64 = client
+        .query_one(
+            "SELECT COALESCE(sum(b.size), 0)::bigint FROM blobs b WHERE b.digest IN
+               (SELECT rb.digest FROM repository_blobs rb JOIN repositories r ON r.id = rb.repository_id
+                 JOIN organizations o ON o.id = r.org_id WHERE o.name = 'quota')",
+            &[],
+        )
+        .await
+        .expect("usage")
+        .get(0);
+    assert!(used < 1 << 20, "the refused layer is not linked: {used} bytes held");
 }
