@@ -103,11 +103,7 @@ impl Registry {
         routed: &Routed,
         reference: &Reference,
     ) -> Result<StoredManifest> {
-        let held = match self.manifest(view, reference).await {
-            Ok(found) => Some(found),
-            Err(RegistryError::ManifestUnknown(_)) => None,
-            Err(e) => return Err(e),
-        };
+        let held = if_held(self.manifest(view, reference).await)?;
         let (tag, held) = match (reference, held) {
             // Content-addressed: what is held never goes stale.
             (Reference::Digest(_), Some(found)) => {
@@ -117,13 +113,9 @@ impl Registry {
             (Reference::Digest(digest), None) => {
                 let key = format!("manifest:{name}@{digest}");
                 let this = self;
-                let fetched = self
-                    .single_flight(&key, move || async move {
-                        match this.load_manifest(name.as_str(), reference).await {
-                            Ok(found) => Ok(Some(found)),
-                            Err(RegistryError::ManifestUnknown(_)) => Ok(None),
-                            Err(e) => Err(e),
-                        }
+                let fetched =
+                    self.single_flight(&key, move || async move {
+                        if_held(this.load_manifest(name.as_str(), reference).await)
                     })
                     .await?;
                 let lock = match fetched {
@@ -151,13 +143,7 @@ impl Registry {
         let key = format!("tag:{name}:{tag}");
         let lock = match held {
             None => match self
-                .single_flight(&key, move || async move {
-                    match self.load_manifest(name.as_str(), reference).await {
-                        Ok(found) => Ok(Some(found)),
-                        Err(RegistryError::ManifestUnknown(_)) => Ok(None),
-                        Err(e) => Err(e),
-                    }
-                })
+                .single_flight(&key, move || async move { if_held(self.load_manifest(name.as_str(), reference).await) })
                 .await?
             {
                 Claim::Ready(found) => {
@@ -376,17 +362,24 @@ impl Registry {
     /// A mirrored blob for HEAD: held, or named by a held manifest (its size is known; no
     /// bytes are fetched for a HEAD).
     pub async fn mirror_blob(&self, view: &View<'_>, name: &RepoName, digest: &Digest) -> Result<Blob> {
-        match self.blob(view, digest).await {
-            Err(RegistryError::BlobUnknown(_)) => {}
-            other => return other,
+        if let Some(found) = if_held(self.blob(view, digest).await)? {
+            return Ok(found);
         }
-        let client = self.client().await?;
-        let repo = self.repository(&client, name).await.map_err(|_| RegistryError::BlobUnknown(digest.to_string()))?;
-        if !mirrors::referenced(&client, repo.id, digest.as_str()).await? {
-            return Err(RegistryError::BlobUnknown(digest.to_string()));
-        }
-        let size = mirrors::blob_size(&client, digest.as_str()).await?.unwrap_or(0);
+        let (repo, size) = self.named_blob(name, digest).await?;
         Ok(Blob { digest: digest.to_string(), size, storage_key: String::new(), location: repo.location })
+    }
+
+    /// The repository `name` and the size of blob `digest`, which a held manifest there names
+    /// (a mirror serves or fetches no other blob); `BLOB_UNKNOWN` otherwise.
+    async fn named_blob(&self, name: &RepoName, digest: &Digest) -> Result<(Repository, i64)> {
+        let unknown = || RegistryError::BlobUnknown(digest.to_string());
+        let client = self.client().await?;
+        let repo = self.repository(&client, name).await.map_err(|_| unknown())?;
+        if !mirrors::referenced(&client, repo.id, digest.as_str()).await? {
+            return Err(unknown());
+        }
+        let size = mirrors::blob_size(&client, digest.as_str()).await?.ok_or_else(unknown)?;
+        Ok((repo, size))
     }
 
     /// Reads a mirrored blob: held (as any blob), or fetched once across the nodes while it
@@ -399,24 +392,11 @@ impl Registry {
         digest: &Digest,
         range: Option<&str>,
     ) -> Result<(Blob, BlobBody)> {
-        match self.read_blob(view, digest, range).await {
-            Err(RegistryError::BlobUnknown(_)) => {}
-            Ok(found) => {
-                self.pulled(routed, "blob", "hit");
-                return Ok(found);
-            }
-            Err(e) => return Err(e),
+        if let Some(found) = if_held(self.read_blob(view, digest, range).await)? {
+            self.pulled(routed, "blob", "hit");
+            return Ok(found);
         }
-        let unknown = || RegistryError::BlobUnknown(digest.to_string());
-        let (repo, size) = {
-            let client = self.client().await?;
-            let repo = self.repository(&client, name).await.map_err(|_| unknown())?;
-            if !mirrors::referenced(&client, repo.id, digest.as_str()).await? {
-                return Err(unknown());
-            }
-            let size = mirrors::blob_size(&client, digest.as_str()).await?.ok_or_else(unknown)?;
-            (repo, size)
-        };
+        let (repo, size) = self.named_blob(name, digest).await?;
         let key = format!("blob:{}:{digest}", repo.location);
         let (this, held_in) = (&*self, &repo);
         let claim = self
@@ -660,6 +640,16 @@ impl Registry {
         } else {
             Ok(None)
         }
+    }
+}
+
+/// What a lookup found: `None` when it is not held (`MANIFEST_UNKNOWN`, `BLOB_UNKNOWN`), other
+/// errors as they are.
+fn if_held<T>(found: Result<T>) -> Result<Option<T>> {
+    match found {
+        Ok(found) => Ok(Some(found)),
+        Err(RegistryError::ManifestUnknown(_) | RegistryError::BlobUnknown(_)) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
